@@ -1,0 +1,49 @@
+# noregret: two commands matter — `make train` (the default experiment) and `make test`.
+# Everything else is set up on demand: a project-local .venv with torch 2.11.0 (libtorch for tch),
+# the Python reference packages for the parity tests, then a release build of the binary.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(abspath $(VENV))/bin/python
+PIP := $(abspath $(VENV))/bin/pip
+TORCH := torch==2.11.0
+# The Python reference stack the parity tests compare against (pinned: numbers must not drift).
+REFERENCE := transformers==5.24.0 peft==0.21.2 safetensors==0.8.0 tokenizers==0.23.3 numpy pytest math-verify==0.9.0
+
+# A user's own libtorch (LIBTORCH=/path) wins; otherwise tch finds the venv's torch.
+ifeq ($(origin LIBTORCH), undefined)
+export LIBTORCH_USE_PYTORCH := 1
+endif
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+BIN := target/release/noregret
+CARGO_BUILD := cargo build --release
+
+.PHONY: build test train bench venv reference clean-models
+
+venv: $(VENV)/.torch
+$(VENV)/.torch:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check $(TORCH)
+	@touch $@
+
+reference: $(VENV)/.reference
+$(VENV)/.reference: $(VENV)/.torch
+	$(PIP) install --quiet --disable-pip-version-check $(REFERENCE)
+	@touch $@
+
+build: venv
+	$(CARGO_BUILD) --bin noregret
+
+test: build reference
+	cargo test --release --workspace
+	NOREGRET_BIN=$(abspath $(BIN)) $(PY) -m pytest -q tests/python
+
+# Until the trainer lands: make a small model and sample from it.
+train: build
+	$(BIN) init-model --preset tiny --out models/tiny-random --seed 0
+	$(BIN) sample --model models/tiny-random --prompt "12+35-8=" -n 4 --max-new-tokens 8
+
+bench: build reference
+	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/run_bench.py

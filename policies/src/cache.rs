@@ -1,0 +1,112 @@
+//! A slot-based KV cache: row b of the cache is one sequence, stored from position 0, with its own
+//! length. Rows advance independently, so sequences of different lengths share a batch without
+//! left padding, and a finished row's slot can be reused for a new prompt (continuous batching).
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::invalid;
+
+pub struct KvCache {
+    /// Per layer, [rows, kv_heads, capacity, head_dim].
+    pub(crate) k: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
+    /// Valid positions per row.
+    lens: Vec<i64>,
+    capacity: i64,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, rows: i64, capacity: i64, kind: Kind, device: Device) -> KvCache {
+        let shape = [rows, cfg.num_kv_heads, capacity, cfg.head_dim];
+        let make = || (0..cfg.num_layers).map(|_| Tensor::zeros(shape, (kind, device))).collect::<Vec<_>>();
+        KvCache { k: make(), v: make(), lens: vec![0; rows as usize], capacity }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+    pub fn lens(&self) -> &[i64] {
+        &self.lens
+    }
+
+    /// Forget row `row` so its slot can hold a new sequence.
+    pub fn reset_row(&mut self, row: usize) {
+        self.lens[row] = 0;
+    }
+
+    /// Check that `new_tokens` more positions (padded width) fit every row, before a forward.
+    pub(crate) fn check_room(&self, width: i64) -> Result<()> {
+        let longest = self.lens.iter().copied().max().unwrap_or(0);
+        if longest + width > self.capacity {
+            return Err(invalid!(
+                "sequence too long for the KV cache: {longest} + {width} positions > capacity {}",
+                self.capacity
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn advance(&mut self, counts: &[i64]) {
+        for (len, n) in self.lens.iter_mut().zip(counts) {
+            *len += n;
+        }
+    }
+
+    /// Copy rows `src_rows` of `other` (same model, capacity may differ) into slots `dst_rows`,
+    /// replacing what those slots held. This is how prompts prefilled on their own join a
+    /// running batch.
+    pub fn copy_rows_from(&mut self, other: &KvCache, src_rows: &[usize], dst_rows: &[usize]) -> Result<()> {
+        if src_rows.len() != dst_rows.len() {
+            return Err(invalid!("copy_rows_from: {} source rows but {} destinations", src_rows.len(), dst_rows.len()));
+        }
+        let width = src_rows.iter().map(|&r| other.lens[r]).max().unwrap_or(0);
+        if width > self.capacity {
+            return Err(invalid!("copy_rows_from: {width} positions do not fit capacity {}", self.capacity));
+        }
+        if width == 0 {
+            for &d in dst_rows {
+                self.lens[d] = 0;
+            }
+            return Ok(());
+        }
+        let device = self.k[0].device();
+        let src = Tensor::from_slice(&src_rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
+        let dst = Tensor::from_slice(&dst_rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
+        for (mine, theirs) in self.k.iter_mut().zip(&other.k).chain(self.v.iter_mut().zip(&other.v)) {
+            let rows = theirs.index_select(0, &src).narrow(2, 0, width);
+            let _ = mine.narrow(2, 0, width).index_copy_(0, &dst, &rows);
+        }
+        for (&s, &d) in src_rows.iter().zip(dst_rows) {
+            self.lens[d] = other.lens[s];
+        }
+        Ok(())
+    }
+}
+
+impl KvCache {
+    /// Keep only `rows` (in that order), dropping the others: a smaller batch for the next steps.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.lens.len()) {
+            return Err(invalid!("retain_rows: row {bad} out of {}", self.lens.len()));
+        }
+        let device = self.k[0].device();
+        let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
+        let width = rows.iter().map(|&r| self.lens[r]).max().unwrap_or(0).max(1).min(self.capacity);
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            // Copy only the used prefix, into a buffer of the full capacity.
+            let kept = t.narrow(2, 0, width).index_select(0, &index);
+            let mut size = kept.size();
+            size[2] = self.capacity;
+            let fresh = Tensor::zeros(size.as_slice(), (t.kind(), device));
+            let _ = fresh.narrow(2, 0, width).copy_(&kept);
+            *t = fresh;
+        }
+        self.lens = rows.iter().map(|&r| self.lens[r]).collect();
+        Ok(())
+    }
+}

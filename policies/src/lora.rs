@@ -1,0 +1,355 @@
+//! LoRA adapters: W' = W + (α/r)·B·A on any of a decoder's linear layers.
+//!
+//! Two forms of the same adapter:
+//! - [`Adapter`]: the trainable leaves, one (A, B) pair per targeted module, named as PEFT names
+//!   them. A ~ U(±1/√fan_in) from a seed and B = 0, so a fresh adapter is the base model exactly.
+//! - [`LoraRuntime`]: what the forward pass consumes. Modules that the model computes as one fused
+//!   matmul (q|k|v, gate|up) get one stacked A and one block-diagonal B with α/r folded in, so an
+//!   adapter costs two small matmuls per fused group. Several adapters stack along the rank axis;
+//!   a per-row mask keeps each row to its own adapter's columns (or none), so one forward serves
+//!   many adapters without a loop over rows.
+
+use std::collections::BTreeMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::invalid;
+use crate::rng::SplitMix;
+
+/// A linear layer that can carry an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Module {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    LmHead,
+}
+
+impl Module {
+    pub const LAYER_MODULES: [Module; 7] =
+        [Module::Q, Module::K, Module::V, Module::O, Module::Gate, Module::Up, Module::Down];
+
+    /// The HF/PEFT module name.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Module::Q => "q_proj",
+            Module::K => "k_proj",
+            Module::V => "v_proj",
+            Module::O => "o_proj",
+            Module::Gate => "gate_proj",
+            Module::Up => "up_proj",
+            Module::Down => "down_proj",
+            Module::LmHead => "lm_head",
+        }
+    }
+
+    /// Parent path inside a decoder layer (`self_attn` or `mlp`); None for lm_head.
+    pub fn block(self) -> Option<&'static str> {
+        match self {
+            Module::Q | Module::K | Module::V | Module::O => Some("self_attn"),
+            Module::Gate | Module::Up | Module::Down => Some("mlp"),
+            Module::LmHead => None,
+        }
+    }
+
+    pub fn from_hf_name(name: &str) -> Option<Module> {
+        let all = Module::LAYER_MODULES.iter().chain(std::iter::once(&Module::LmHead));
+        all.copied().find(|m| m.hf_name() == name)
+    }
+
+    /// (in_features, out_features) of this module in `cfg`.
+    pub fn shape(self, cfg: &ModelConfig) -> (i64, i64) {
+        let h = cfg.hidden_size;
+        match self {
+            Module::Q => (h, cfg.q_dim()),
+            Module::K | Module::V => (h, cfg.kv_dim()),
+            Module::O => (cfg.q_dim(), h),
+            Module::Gate | Module::Up => (h, cfg.intermediate_size),
+            Module::Down => (cfg.intermediate_size, h),
+            Module::LmHead => (h, cfg.vocab_size),
+        }
+    }
+}
+
+/// Parse a target spec: `all` (every linear layer of the blocks), `attn`, `mlp`, or a
+/// comma-separated list of HF module names (`q_proj,v_proj,lm_head`).
+pub fn parse_targets(spec: &str) -> Result<Vec<Module>> {
+    use Module::*;
+    let mut out = match spec.trim() {
+        "all" | "all-linear" => Module::LAYER_MODULES.to_vec(),
+        "attn" => vec![Q, K, V, O],
+        "mlp" => vec![Gate, Up, Down],
+        list => list
+            .split(',')
+            .map(|s| {
+                Module::from_hf_name(s.trim()).ok_or_else(|| {
+                    invalid!("unknown LoRA target {:?} (expected all, attn, mlp or names such as q_proj, down_proj, lm_head)", s.trim())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(invalid!("no LoRA targets in {spec:?}"));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub rank: i64,
+    pub alpha: f64,
+    pub targets: Vec<Module>,
+}
+
+impl LoraConfig {
+    pub fn new(rank: i64, alpha: f64, targets: Vec<Module>) -> Result<Self> {
+        if !(1..=512).contains(&rank) {
+            return Err(invalid!("LoRA rank must be in 1..=512, got {rank}"));
+        }
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(invalid!("LoRA alpha must be positive, got {alpha}"));
+        }
+        Ok(LoraConfig { rank, alpha, targets })
+    }
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+/// One module's low-rank pair: A [r, in], B [out, r].
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+/// A trainable adapter: per layer, the pairs of the targeted modules (plus lm_head if targeted).
+pub struct Adapter {
+    pub config: LoraConfig,
+    pub layers: Vec<BTreeMap<Module, LoraPair>>,
+    pub lm_head: Option<LoraPair>,
+}
+
+impl Adapter {
+    /// A fresh adapter: A ~ U(±1/√fan_in) from `seed`, B = 0, in f32 (adapters train in f32
+    /// whatever the base dtype is), with gradients on.
+    pub fn init(cfg: &ModelConfig, config: LoraConfig, seed: u64, device: Device) -> Adapter {
+        let mut rng = SplitMix::new(seed);
+        let mut make = |m: Module| {
+            let (fan_in, fan_out) = m.shape(cfg);
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let a: Vec<f32> = (0..config.rank * fan_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            let a = Tensor::from_slice(&a).reshape([config.rank, fan_in]).to_device(device);
+            let b = Tensor::zeros([fan_out, config.rank], (Kind::Float, device));
+            LoraPair { a: a.set_requires_grad(true), b: b.set_requires_grad(true) }
+        };
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                config.targets.iter().filter(|m| m.block().is_some()).map(|&m| (m, make(m))).collect::<BTreeMap<_, _>>()
+            })
+            .collect();
+        let lm_head = config.targets.contains(&Module::LmHead).then(|| make(Module::LmHead));
+        Adapter { config, layers, lm_head }
+    }
+
+    /// Every trainable tensor with its PEFT key, in a fixed order.
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (m, pair) in layer {
+                let prefix = format!("base_model.model.model.layers.{i}.{}.{}", m.block().unwrap_or(""), m.hf_name());
+                out.push((format!("{prefix}.lora_A.weight"), &pair.a));
+                out.push((format!("{prefix}.lora_B.weight"), &pair.b));
+            }
+        }
+        if let Some(pair) = &self.lm_head {
+            out.push(("base_model.model.lm_head.lora_A.weight".into(), &pair.a));
+            out.push(("base_model.model.lm_head.lora_B.weight".into(), &pair.b));
+        }
+        out
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.named_tensors().into_iter().map(|(_, t)| t.shallow_clone()).collect()
+    }
+
+    pub fn num_parameters(&self) -> i64 {
+        self.named_tensors().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// A detached copy (for publishing a snapshot to samplers while training goes on).
+    pub fn snapshot(&self) -> Adapter {
+        let copy = |p: &LoraPair| LoraPair { a: p.a.detach().copy(), b: p.b.detach().copy() };
+        Adapter {
+            config: self.config.clone(),
+            layers: self.layers.iter().map(|l| l.iter().map(|(m, p)| (*m, copy(p))).collect()).collect(),
+            lm_head: self.lm_head.as_ref().map(copy),
+        }
+    }
+
+    /// The dense update (α/r)·B·A for one module, for merging.
+    pub fn delta(&self, layer: Option<usize>, m: Module) -> Option<Tensor> {
+        let pair = match layer {
+            Some(i) => self.layers.get(i)?.get(&m)?,
+            None => self.lm_head.as_ref()?,
+        };
+        Some(pair.b.detach().matmul(&pair.a.detach()) * self.config.scale())
+    }
+}
+
+/// The fused groups of a decoder layer, in the order the model computes them.
+pub const GROUPS: [&[Module]; 4] =
+    [&[Module::Q, Module::K, Module::V], &[Module::O], &[Module::Gate, Module::Up], &[Module::Down]];
+pub const GROUP_QKV: usize = 0;
+pub const GROUP_O: usize = 1;
+pub const GROUP_GATE_UP: usize = 2;
+pub const GROUP_DOWN: usize = 3;
+
+/// One fused group's low-rank factors for the forward pass: delta = ((x·Aᵀ) ⊙ mask)·Bᵀ.
+pub struct PackedGroup {
+    /// [in, R]: the A rows of every module of the group, of every adapter, transposed.
+    pub a_t: Tensor,
+    /// [R, out], B transposed with α/r folded in, block-diagonal over modules and adapters.
+    pub b_t: Tensor,
+    /// Which adapter (1-based slot) owns each of the R columns, for building row masks.
+    owners: Vec<i64>,
+}
+
+/// Adapters ready for the forward pass: one or several, and which rows use which.
+pub struct LoraRuntime {
+    pub(crate) layers: Vec<[Option<PackedGroup>; 4]>,
+    pub(crate) lm_head: Option<PackedGroup>,
+    /// Per group, [rows, R] 0/1 masks; None when every row uses the single adapter.
+    pub(crate) masks: Option<(Vec<[Option<Tensor>; 4]>, Option<Tensor>)>,
+    kind: Kind,
+}
+
+impl LoraRuntime {
+    /// One adapter for every row. Differentiable: built from the adapter's leaves, so a
+    /// backward pass through the forward reaches them.
+    pub fn single(cfg: &ModelConfig, adapter: &Adapter, kind: Kind) -> Result<LoraRuntime> {
+        Self::stack(cfg, &[adapter], kind)
+    }
+
+    /// Several adapters side by side; call [`LoraRuntime::with_rows`] to say which row uses which.
+    pub fn stack(cfg: &ModelConfig, adapters: &[&Adapter], kind: Kind) -> Result<LoraRuntime> {
+        for a in adapters {
+            if a.layers.len() as i64 != cfg.num_layers {
+                return Err(invalid!("adapter has {} layers, model has {}", a.layers.len(), cfg.num_layers));
+            }
+        }
+        let layers = (0..cfg.num_layers as usize)
+            .map(|i| {
+                let mut groups: [Option<PackedGroup>; 4] = Default::default();
+                for (g, modules) in GROUPS.iter().enumerate() {
+                    let pairs: Vec<Vec<Option<(&LoraPair, f64)>>> = adapters
+                        .iter()
+                        .map(|a| modules.iter().map(|m| a.layers[i].get(m).map(|p| (p, a.config.scale()))).collect())
+                        .collect();
+                    groups[g] = pack_group(cfg, modules, &pairs, kind);
+                }
+                groups
+            })
+            .collect();
+        let head_pairs: Vec<Vec<Option<(&LoraPair, f64)>>> =
+            adapters.iter().map(|a| vec![a.lm_head.as_ref().map(|p| (p, a.config.scale()))]).collect();
+        let lm_head = pack_group(cfg, &[Module::LmHead], &head_pairs, kind);
+        Ok(LoraRuntime { layers, lm_head, masks: None, kind })
+    }
+
+    /// Route row b to adapter `rows[b]` (0-based index into the stacked adapters) or to none.
+    pub fn with_rows(mut self, rows: &[Option<usize>], device: Device) -> LoraRuntime {
+        let slots: Vec<i64> = rows.iter().map(|r| r.map(|i| i as i64 + 1).unwrap_or(0)).collect();
+        let mask = |g: &PackedGroup| {
+            let m: Vec<f32> = slots
+                .iter()
+                .flat_map(|&s| g.owners.iter().map(move |&o| if o == s { 1.0 } else { 0.0 }))
+                .collect();
+            Tensor::from_slice(&m).reshape([slots.len() as i64, g.owners.len() as i64]).to_kind(self.kind).to_device(device)
+        };
+        let layer_masks = self.layers.iter().map(|groups| groups.each_ref().map(|g| g.as_ref().map(&mask))).collect();
+        let head_mask = self.lm_head.as_ref().map(&mask);
+        self.masks = Some((layer_masks, head_mask));
+        self
+    }
+
+    /// Add the group's low-rank update to `y` (= x·Wᵀ), with x [N, in] and y [N, out], where the
+    /// N rows are `rows` batch rows of `n / rows` tokens each.
+    pub(crate) fn apply(&self, layer: Option<usize>, group: usize, x: &Tensor, y: Tensor, rows: i64) -> Tensor {
+        let (packed, mask) = match layer {
+            Some(i) => (
+                self.layers[i][group].as_ref(),
+                self.masks.as_ref().and_then(|(m, _)| m[i][group].as_ref()),
+            ),
+            None => (self.lm_head.as_ref(), self.masks.as_ref().and_then(|(_, h)| h.as_ref())),
+        };
+        let Some(p) = packed else { return y };
+        let xa = x.matmul(&p.a_t);
+        let xa = match mask {
+            // Rows are batch rows of equal token count: broadcast each row's mask over its tokens.
+            Some(m) => {
+                let r = m.size()[1];
+                (xa.reshape([rows, -1, r]) * m.unsqueeze(1)).reshape([-1, r])
+            }
+            None => xa,
+        };
+        y.addmm(&xa, &p.b_t)
+    }
+}
+
+/// Stack the (A, B) pairs of one fused group across adapters. `pairs[k][j]` is adapter k's pair
+/// for `modules[j]` with its scale. Returns None when no adapter targets any module of the group.
+fn pack_group(cfg: &ModelConfig, modules: &[Module], pairs: &[Vec<Option<(&LoraPair, f64)>>], kind: Kind) -> Option<PackedGroup> {
+    let outs: Vec<i64> = modules.iter().map(|m| m.shape(cfg).1).collect();
+    let total_out: i64 = outs.iter().sum();
+    let mut a_rows = Vec::new();
+    let mut b_cols = Vec::new(); // each [total_out, r]
+    let mut owners = Vec::new();
+    for (k, adapter_pairs) in pairs.iter().enumerate() {
+        let mut offset = 0;
+        for (j, entry) in adapter_pairs.iter().enumerate() {
+            if let Some((pair, scale)) = entry {
+                let r = pair.a.size()[0];
+                a_rows.push(pair.a.to_kind(kind));
+                let b = (&pair.b * *scale).to_kind(kind);
+                // Place B's rows at this module's output offset; zeros elsewhere.
+                let device = b.device();
+                let above = Tensor::zeros([offset, r], (kind, device));
+                let below = Tensor::zeros([total_out - offset - outs[j], r], (kind, device));
+                b_cols.push(Tensor::cat(&[above, b, below], 0));
+                owners.extend(std::iter::repeat_n(k as i64 + 1, r as usize));
+            }
+            offset += outs[j];
+        }
+    }
+    if a_rows.is_empty() {
+        return None;
+    }
+    Some(PackedGroup { a_t: Tensor::cat(&a_rows, 0).tr(), b_t: Tensor::cat(&b_cols, 1).tr(), owners })
+}
+
+impl LoraRuntime {
+    /// The same adapters for a batch made of `rows` of this one (masks follow their rows).
+    pub fn select_rows(&self, rows: &[usize]) -> LoraRuntime {
+        let pick = |m: &Tensor| {
+            let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(m.device());
+            m.index_select(0, &index)
+        };
+        let share = |g: &PackedGroup| PackedGroup { a_t: g.a_t.shallow_clone(), b_t: g.b_t.shallow_clone(), owners: g.owners.clone() };
+        LoraRuntime {
+            layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(share))).collect(),
+            lm_head: self.lm_head.as_ref().map(share),
+            masks: self.masks.as_ref().map(|(layers, head)| {
+                (layers.iter().map(|ms| ms.each_ref().map(|m| m.as_ref().map(pick))).collect(), head.as_ref().map(pick))
+            }),
+            kind: self.kind,
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The decoder: Llama 3, Qwen2 and Qwen3 in one readable file. It computes what transformers
+//! computes (same op order, RMSNorm in f32, HF's rotary convention) so log-probs match to 1e-4.
+//!
+//! Speed choices: q|k|v and gate|up are each one fused matmul; activations stay 2-D ([tokens,
+//! features]) except inside attention; LoRA adds two small matmuls per fused group.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::invalid;
+use crate::lora::{LoraRuntime, GROUP_DOWN, GROUP_GATE_UP, GROUP_O, GROUP_QKV};
+use crate::rope::{self, Rope};
+use crate::weights::WeightStore;
+
+/// Longest rotary table built up front; longer contexts than this are refused.
+const MAX_ROPE_POSITIONS: i64 = 32768;
+
+pub struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    /// [q_dim + 2·kv_dim, hidden]: q, k and v stacked.
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: Tensor,
+    o_bias: Option<Tensor>,
+    /// [2·intermediate, hidden]: gate and up stacked.
+    gate_up: Tensor,
+    gate_up_bias: Option<Tensor>,
+    down: Tensor,
+    down_bias: Option<Tensor>,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    kind: Kind,
+    device: Device,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+}
+
+// Safety: libtorch tensors may be read from several threads at once. A loaded model's weights
+// are never written in place except by an optimiser in full fine-tuning, and a model being
+// fully fine-tuned is owned by the learner, not shared with samplers.
+unsafe impl Sync for Model {}
+
+/// Where attention reads keys and values from.
+enum Attention<'a> {
+    /// A fresh batch from position 0: plain causal attention (training, scoring).
+    Causal,
+    /// Extend cached rows: write new keys at `write_index`, attend over the first `kv_len`
+    /// positions under `mask` [B, 1, T, kv_len].
+    Cached { cache: &'a mut KvCache, write_index: Tensor, mask: Tensor, kv_len: i64 },
+}
+
+impl Model {
+    /// Load `config.json` and the safetensors weights from `dir`. `dtype` overrides the config's.
+    pub fn load(dir: &Path, dtype: Option<Kind>, device: Device) -> Result<Model> {
+        if !dir.is_dir() {
+            return Err(Error::bad_file(dir, "model directory not found"));
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open_dir(dir)?;
+        Self::from_store(config, &store, dtype, device)
+    }
+
+    pub fn from_store(config: ModelConfig, store: &WeightStore, dtype: Option<Kind>, device: Device) -> Result<Model> {
+        let kind = dtype.unwrap_or(config.dtype);
+        let c = &config;
+        let load = |name: &str, shape: &[i64]| store.load(name, shape, kind, device);
+        let maybe = |name: &str, shape: &[i64], present: bool| -> Result<Option<Tensor>> {
+            if present { load(name, shape).map(Some) } else { Ok(None) }
+        };
+        let (h, q, kv, i, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let mut layers = Vec::with_capacity(c.num_layers as usize);
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            let qkv = Tensor::cat(
+                &[load(&format!("{attn}.q_proj.weight"), &[q, h])?, load(&format!("{attn}.k_proj.weight"), &[kv, h])?,
+                  load(&format!("{attn}.v_proj.weight"), &[kv, h])?],
+                0,
+            );
+            let qkv_bias = if c.qkv_bias {
+                Some(Tensor::cat(
+                    &[load(&format!("{attn}.q_proj.bias"), &[q])?, load(&format!("{attn}.k_proj.bias"), &[kv])?,
+                      load(&format!("{attn}.v_proj.bias"), &[kv])?],
+                    0,
+                ))
+            } else {
+                None
+            };
+            let gate_up = Tensor::cat(
+                &[load(&format!("{mlp}.gate_proj.weight"), &[i, h])?, load(&format!("{mlp}.up_proj.weight"), &[i, h])?],
+                0,
+            );
+            let gate_up_bias = if c.mlp_bias {
+                Some(Tensor::cat(&[load(&format!("{mlp}.gate_proj.bias"), &[i])?, load(&format!("{mlp}.up_proj.bias"), &[i])?], 0))
+            } else {
+                None
+            };
+            layers.push(Layer {
+                input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                qkv,
+                qkv_bias,
+                q_norm: maybe(&format!("{attn}.q_norm.weight"), &[hd], c.qk_norm)?,
+                k_norm: maybe(&format!("{attn}.k_norm.weight"), &[hd], c.qk_norm)?,
+                o: load(&format!("{attn}.o_proj.weight"), &[h, q])?,
+                o_bias: maybe(&format!("{attn}.o_proj.bias"), &[h], c.o_bias)?,
+                gate_up,
+                gate_up_bias,
+                down: load(&format!("{mlp}.down_proj.weight"), &[h, i])?,
+                down_bias: maybe(&format!("{mlp}.down_proj.bias"), &[h], c.mlp_bias)?,
+            });
+        }
+        let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            embed.shallow_clone()
+        } else {
+            load("lm_head.weight", &[c.vocab_size, h])?
+        };
+        let norm = load("model.norm.weight", &[h])?;
+        let rope = Rope::new(c, c.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS), kind, device);
+        Ok(Model { config, kind, device, embed, layers, norm, lm_head, rope })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn max_positions(&self) -> i64 {
+        self.rope.max_positions()
+    }
+
+    /// A KV cache for `rows` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, rows: i64, capacity: i64) -> KvCache {
+        KvCache::new(&self.config, rows, capacity, self.kind, self.device)
+    }
+
+    /// Final hidden states [B, T, H] of a batch of fresh sequences (positions 0..T, causal).
+    /// Rows may be right-padded: causal attention keeps padding from affecting real tokens.
+    pub fn forward_hidden(&self, tokens: &Tensor, lora: Option<&LoraRuntime>) -> Tensor {
+        let (b, t) = tokens.size2().expect("tokens must be [batch, time]");
+        let positions = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0).expand([b, t], false);
+        self.run(tokens, &positions, Attention::Causal, lora)
+    }
+
+    /// Extend the cached sequences: row b gets `counts[b]` new tokens from `tokens[b]` ([B, T],
+    /// right-padded). Returns hidden states [B, T, H]; only the first `counts[b]` of row b are
+    /// meaningful. The cache rows advance by `counts`.
+    pub fn forward_cached(&self, tokens: &Tensor, counts: &[i64], cache: &mut KvCache, lora: Option<&LoraRuntime>) -> Result<Tensor> {
+        let (b, t) = tokens.size2()?;
+        if b as usize != cache.rows() || counts.len() != cache.rows() {
+            return Err(invalid!("forward_cached: {b} rows of tokens, {} counts, {} cache rows", counts.len(), cache.rows()));
+        }
+        cache.check_room(t)?;
+        let longest = cache.lens().iter().zip(counts).map(|(l, n)| l + n).max().unwrap_or(0);
+        if longest > self.max_positions() {
+            return Err(invalid!("sequence of {longest} positions is longer than the model's {}", self.max_positions()));
+        }
+        let lens = Tensor::from_slice(cache.lens()).to_device(self.device);
+        let positions = lens.unsqueeze(1) + Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0); // [B, T]
+        let kv_len = cache.lens().iter().map(|l| l + t).max().unwrap_or(t);
+        // Query at absolute position p sees keys 0..=p of its own row.
+        let keys = Tensor::arange(kv_len, (Kind::Int64, self.device));
+        let mask = keys.view([1, 1, 1, kv_len]).le_tensor(&positions.view([b, 1, t, 1]));
+        let (kvh, hd) = (self.config.num_kv_heads, self.config.head_dim);
+        let write_index = positions.view([b, 1, t, 1]).expand([b, kvh, t, hd], false).contiguous();
+        let hidden = self.run(tokens, &positions, Attention::Cached { cache: &mut *cache, write_index, mask, kv_len }, lora);
+        cache.advance(counts);
+        Ok(hidden)
+    }
+
+    /// Logits [.., V] from final hidden states [.., H] (computed in the model dtype).
+    pub fn logits(&self, hidden: &Tensor, lora: Option<&LoraRuntime>) -> Tensor {
+        let size = hidden.size();
+        let x = hidden.reshape([-1, self.config.hidden_size]);
+        let rows = if size.len() == 3 { size[0] } else { x.size()[0] };
+        let mut y = x.matmul(&self.lm_head.tr());
+        if let Some(l) = lora {
+            y = l.apply(None, 0, &x, y, rows);
+        }
+        let mut out = size[..size.len() - 1].to_vec();
+        out.push(self.config.vocab_size);
+        y.reshape(out)
+    }
+
+    /// log p(tokens[:, i] | tokens[:, <i]) for i = 1..T, in f32: [B, T-1].
+    pub fn token_logprobs(&self, tokens: &Tensor, lora: Option<&LoraRuntime>) -> Tensor {
+        let t = tokens.size()[1];
+        let hidden = self.forward_hidden(tokens, lora).narrow(1, 0, t - 1);
+        let logp = self.logits(&hidden, lora).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        logp.gather(2, &tokens.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1)
+    }
+
+    fn run(&self, tokens: &Tensor, positions: &Tensor, mut attention: Attention<'_>, lora: Option<&LoraRuntime>) -> Tensor {
+        let (b, t) = (tokens.size()[0], tokens.size()[1]);
+        let (cos, sin) = self.rope.tables(positions);
+        let mut x = self.embed.index_select(0, &tokens.reshape([-1])); // [B·T, H]
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer(i, layer, &x, b, t, &cos, &sin, &mut attention, lora);
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps).view([b, t, -1])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer(&self, i: usize, layer: &Layer, x: &Tensor, b: i64, t: i64, cos: &Tensor, sin: &Tensor,
+             attention: &mut Attention<'_>, lora: Option<&LoraRuntime>) -> Tensor {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let project = |x: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| {
+            let y = x.linear(w, bias);
+            match lora {
+                Some(l) => l.apply(Some(i), group, x, y, b),
+                None => y,
+            }
+        };
+
+        let h = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
+        let qkv = project(&h, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV);
+        let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], 1);
+        let heads = |t_: &Tensor, n: i64| t_.view([b, t, n, hd]);
+        let (mut q, mut k) = (heads(&parts[0], nh), heads(&parts[1], nkv));
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rms_norm(&q, qn, c.rms_norm_eps);
+            k = rms_norm(&k, kn, c.rms_norm_eps);
+        }
+        let q = rope::apply(&q.transpose(1, 2), cos, sin);
+        let k = rope::apply(&k.transpose(1, 2), cos, sin);
+        let v = heads(&parts[2], nkv).transpose(1, 2);
+
+        let attn = match attention {
+            Attention::Causal => Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh),
+            Attention::Cached { cache, write_index, mask, kv_len } => {
+                let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
+                let _ = ck.scatter_(2, write_index, &k);
+                let _ = cv.scatter_(2, write_index, &v);
+                let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
+                Tensor::scaled_dot_product_attention(&q, &keys, &values, Some(&*mask), 0.0, false, None, nkv != nh)
+            }
+        };
+        let attn = attn.transpose(1, 2).reshape([b * t, nh * hd]);
+        let x = x + project(&attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
+
+        let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps);
+        let gu = project(&h, &layer.gate_up, layer.gate_up_bias.as_ref(), GROUP_GATE_UP);
+        let gu = gu.chunk(2, 1);
+        let act = gu[0].silu() * &gu[1];
+        x + project(&act, &layer.down, layer.down_bias.as_ref(), GROUP_DOWN)
+    }
+
+    /// Every base weight under its HF name, with fused tensors split back (for export and for
+    /// full fine-tuning's optimiser).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let c = &self.config;
+        let (q, kv, i) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.shallow_clone())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let qkv = layer.qkv.split_with_sizes([q, kv, kv], 0);
+            let gu = layer.gate_up.split_with_sizes([i, i], 0);
+            out.push((format!("{p}.input_layernorm.weight"), layer.input_norm.shallow_clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_norm.shallow_clone()));
+            for (name, t) in ["q_proj", "k_proj", "v_proj"].iter().zip(&qkv) {
+                out.push((format!("{p}.self_attn.{name}.weight"), t.shallow_clone()));
+            }
+            if let Some(bias) = &layer.qkv_bias {
+                for (name, t) in ["q_proj", "k_proj", "v_proj"].iter().zip(bias.split_with_sizes([q, kv, kv], 0)) {
+                    out.push((format!("{p}.self_attn.{name}.bias"), t));
+                }
+            }
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                out.push((format!("{p}.self_attn.q_norm.weight"), qn.shallow_clone()));
+                out.push((format!("{p}.self_attn.k_norm.weight"), kn.shallow_clone()));
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), layer.o.shallow_clone()));
+            if let Some(bias) = &layer.o_bias {
+                out.push((format!("{p}.self_attn.o_proj.bias"), bias.shallow_clone()));
+            }
+            out.push((format!("{p}.mlp.gate_proj.weight"), gu[0].shallow_clone()));
+            out.push((format!("{p}.mlp.up_proj.weight"), gu[1].shallow_clone()));
+            if let Some(bias) = &layer.gate_up_bias {
+                let parts = bias.split_with_sizes([i, i], 0);
+                out.push((format!("{p}.mlp.gate_proj.bias"), parts[0].shallow_clone()));
+                out.push((format!("{p}.mlp.up_proj.bias"), parts[1].shallow_clone()));
+            }
+            out.push((format!("{p}.mlp.down_proj.weight"), layer.down.shallow_clone()));
+            if let Some(bias) = &layer.down_bias {
+                out.push((format!("{p}.mlp.down_proj.bias"), bias.shallow_clone()));
+            }
+        }
+        out.push(("model.norm.weight".into(), self.norm.shallow_clone()));
+        if !c.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
+        }
+        out
+    }
+
+    /// The trainable base tensors for full fine-tuning (fused as stored), with gradients on.
+    pub fn full_parameters(&self) -> Vec<Tensor> {
+        let mut out = vec![self.embed.shallow_clone(), self.norm.shallow_clone()];
+        if !self.config.tie_word_embeddings {
+            out.push(self.lm_head.shallow_clone());
+        }
+        for l in &self.layers {
+            out.extend([&l.input_norm, &l.post_norm, &l.qkv, &l.o, &l.gate_up, &l.down].map(Tensor::shallow_clone));
+            for t in [&l.qkv_bias, &l.q_norm, &l.k_norm, &l.o_bias, &l.gate_up_bias, &l.down_bias].into_iter().flatten() {
+                out.push(t.shallow_clone());
+            }
+        }
+        for t in &out {
+            let _ = t.set_requires_grad(true);
+        }
+        out
+    }
+
+    /// Add each adapter delta into the base weights in place (for export).
+    pub fn merge_adapter(&mut self, adapter: &crate::lora::Adapter) -> Result<()> {
+        use crate::lora::Module;
+        let c = &self.config;
+        let (q, kv, i) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let _guard = tch::no_grad_guard();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for m in Module::LAYER_MODULES {
+                let Some(delta) = adapter.delta(Some(l), m) else { continue };
+                let (target, offset) = match m {
+                    Module::Q => (&layer.qkv, 0),
+                    Module::K => (&layer.qkv, q),
+                    Module::V => (&layer.qkv, q + kv),
+                    Module::O => (&layer.o, 0),
+                    Module::Gate => (&layer.gate_up, 0),
+                    Module::Up => (&layer.gate_up, i),
+                    Module::Down => (&layer.down, 0),
+                    Module::LmHead => unreachable!("not a layer module"),
+                };
+                let rows = delta.size()[0];
+                let _ = target.narrow(0, offset, rows).g_add_(&delta.to_kind(self.kind).to_device(self.device));
+            }
+        }
+        if let Some(delta) = adapter.delta(None, Module::LmHead) {
+            if self.config.tie_word_embeddings {
+                // The head is the embedding matrix: untie so the embedding stays as it was.
+                self.lm_head = self.lm_head.copy();
+                self.config.tie_word_embeddings = false;
+                self.config.raw["tie_word_embeddings"] = serde_json::Value::Bool(false);
+            }
+            let _ = self.lm_head.g_add_(&delta.to_kind(self.kind).to_device(self.device));
+        }
+        Ok(())
+    }
+}
+
+/// RMSNorm as transformers computes it: in f32, scaled by the weight in the input dtype.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.square().mean_dim(-1, true, Kind::Float);
+    weight * (xf * (var + eps).rsqrt()).to_kind(kind)
+}

@@ -1,0 +1,69 @@
+//! Rotary position embeddings, HF "rotate half" convention, with the inverse frequencies computed
+//! exactly as transformers does (f32), including Llama 3's long-context rescaling.
+
+use std::f64::consts::PI;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{ModelConfig, RopeScaling};
+
+/// Precomputed cos/sin tables, indexed by absolute position.
+pub struct Rope {
+    /// [max_positions, head_dim], in the model's dtype.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig, max_positions: i64, kind: Kind, device: Device) -> Rope {
+        let half = cfg.head_dim / 2;
+        let exponents = Tensor::arange_start_step(0, cfg.head_dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float)
+            / cfg.head_dim as f64;
+        let mut inv_freq = (Tensor::from(cfg.rope_theta as f32).pow(&exponents)).reciprocal();
+        let positions = Tensor::arange(max_positions, (Kind::Float, Device::Cpu));
+        match cfg.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => inv_freq = inv_freq / factor,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+                inv_freq = llama3_inv_freq(&inv_freq, factor, low_freq_factor, high_freq_factor, old)
+            }
+        }
+        debug_assert_eq!(inv_freq.size(), [half]);
+        let freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], 1);
+        Rope { cos: emb.cos().to_kind(kind).to_device(device), sin: emb.sin().to_kind(kind).to_device(device) }
+    }
+
+    pub fn max_positions(&self) -> i64 {
+        self.cos.size()[0]
+    }
+
+    /// cos and sin for `positions` [B, T], shaped [B, 1, T, head_dim] to broadcast over heads.
+    pub fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let flat = positions.reshape([-1]);
+        let size = positions.size();
+        let shape = [size[0], 1, size[1], -1];
+        (self.cos.index_select(0, &flat).reshape(shape), self.sin.index_select(0, &flat).reshape(shape))
+    }
+}
+
+/// x·cos + rotate_half(x)·sin, with x [B, heads, T, head_dim].
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
+    x * cos + rotated * sin
+}
+
+/// Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+fn llama3_inv_freq(inv_freq: &Tensor, factor: f64, low: f64, high: f64, old_context: f64) -> Tensor {
+    let low_freq_wavelen = old_context / low;
+    let high_freq_wavelen = old_context / high;
+    let wavelen = inv_freq.reciprocal() * (2.0 * PI);
+    let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(inv_freq / factor));
+    let smooth = (wavelen.reciprocal() * old_context - low) / (high - low);
+    let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+    let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
+    smoothed.where_self(&medium, &scaled)
+}

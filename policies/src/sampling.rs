@@ -1,0 +1,87 @@
+//! Turning logits into tokens: temperature, top-k, top-p, greedy. Every choice also returns the
+//! log-prob of the chosen token under the distribution it was drawn from (after temperature and
+//! truncation): the behaviour log-prob an off-policy RL correction needs.
+//!
+//! The random draw is inverse-CDF with one uniform per row from the row's own [`SplitMix`]
+//! stream, so a sequence's samples depend on its seed only, on CPU and GPU alike.
+
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+use crate::invalid;
+use crate::rng::SplitMix;
+
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 disables it.
+    pub top_p: f64,
+    /// Keep the k most likely tokens; 0 disables it.
+    pub top_k: i64,
+    pub max_new_tokens: i64,
+    /// Text that ends a sequence (not included in the returned text).
+    pub stop: Vec<String>,
+    /// Keep going past eos (benchmarks, fixed-length rollouts).
+    pub ignore_eos: bool,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 64, stop: Vec::new(), ignore_eos: false, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(invalid!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(invalid!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k < 0 {
+            return Err(invalid!("top_k must be >= 0, got {}", self.top_k));
+        }
+        if self.max_new_tokens < 0 {
+            return Err(invalid!("max_new_tokens must be >= 0, got {}", self.max_new_tokens));
+        }
+        Ok(())
+    }
+}
+
+/// Choose one token per row of `logits` [B, V]. Returns (tokens [B] i64, logprobs [B] f32).
+/// Greedy rows report the model's own log-prob (temperature 1, no truncation).
+pub fn choose(logits: &Tensor, params: &SamplingParams, rngs: &mut [SplitMix]) -> (Tensor, Tensor) {
+    let logits = logits.to_kind(Kind::Float);
+    if params.temperature == 0.0 {
+        let tokens = logits.argmax(-1, true);
+        let logp = logits.log_softmax(-1, Kind::Float).gather(1, &tokens, false);
+        return (tokens.squeeze_dim(1), logp.squeeze_dim(1));
+    }
+    let mut z = logits / params.temperature;
+    let vocab = z.size()[1];
+    if params.top_k > 0 && params.top_k < vocab {
+        let (kth, _) = z.topk(params.top_k, -1, true, true);
+        let threshold = kth.narrow(1, params.top_k - 1, 1);
+        z = z.masked_fill(&z.lt_tensor(&threshold), f64::NEG_INFINITY);
+    }
+    if params.top_p < 1.0 {
+        let (sorted, order) = z.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        // Drop a token when the mass before it already reaches top_p (the first always stays).
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        let drop_sorted = before.ge(params.top_p);
+        let drop = drop_sorted.scatter(1, &order, &drop_sorted);
+        z = z.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    let logp = z.log_softmax(-1, Kind::Float);
+    let cdf = logp.exp().cumsum(-1, Kind::Float);
+    let uniforms: Vec<f32> = rngs.iter_mut().map(|r| r.next_f64() as f32).collect();
+    let u = Tensor::from_slice(&uniforms).to_device(cdf.device()).unsqueeze(1) * cdf.narrow(1, vocab - 1, 1);
+    // First index whose cumulative mass exceeds u: a token with zero probability never wins.
+    let tokens = u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(vocab - 1);
+    let chosen = logp.gather(1, &tokens, false);
+    (tokens.squeeze_dim(1), chosen.squeeze_dim(1))
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod init_model;
+pub mod logprobs;
+pub mod sample;
