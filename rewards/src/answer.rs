@@ -1,0 +1,452 @@
+//! The shape of an answer: a number or expression, or a set, tuple, interval, matrix,
+//! equation, multiple-choice letter or plain text. Built from tokens on top of [`parse_expr`].
+
+use crate::expr::Expr;
+use crate::lex::{self, Tok};
+use crate::parse::parse_expr;
+
+/// Most elements in one set, tuple, list or matrix.
+pub const MAX_ELEMENTS: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl RelOp {
+    /// The same relation read right to left (`a < b` is `b > a`).
+    pub fn flipped(self) -> RelOp {
+        match self {
+            RelOp::Lt => RelOp::Gt,
+            RelOp::Le => RelOp::Ge,
+            RelOp::Gt => RelOp::Lt,
+            RelOp::Ge => RelOp::Le,
+            other => other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Expr(Expr),
+    /// `(a, b)`: ordered. A pair may also be read as an open interval.
+    Tuple(Vec<Answer>),
+    /// `\{a, b\}`: unordered.
+    Set(Vec<Answer>),
+    /// `a, b` without brackets: unordered ("enter all solutions, separated by commas").
+    List(Vec<Answer>),
+    Interval { lo: Expr, hi: Expr, lo_closed: bool, hi_closed: bool },
+    Union(Vec<Answer>),
+    Matrix(Vec<Vec<Expr>>),
+    Relation { lhs: Expr, op: RelOp, rhs: Expr },
+    Choice(char),
+    Text(String),
+}
+
+fn opens(t: &Tok) -> bool {
+    matches!(t, Tok::Sym('(') | Tok::Sym('[') | Tok::Sym('{') | Tok::SetOpen | Tok::Begin(_))
+}
+
+fn closes(t: &Tok) -> bool {
+    matches!(t, Tok::Sym(')') | Tok::Sym(']') | Tok::Sym('}') | Tok::SetClose | Tok::End(_))
+}
+
+/// Splits at the tokens for which `is_sep` holds, outside any brackets.
+fn split_top(toks: &[Tok], is_sep: impl Fn(&Tok) -> bool) -> Vec<&[Tok]> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, t) in toks.iter().enumerate() {
+        if opens(t) {
+            depth += 1;
+        } else if closes(t) {
+            depth -= 1;
+        } else if depth == 0 && is_sep(t) {
+            parts.push(&toks[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&toks[start..]);
+    parts
+}
+
+/// Whether the bracket opened at index 0 closes exactly at the last token.
+fn wrapped(toks: &[Tok]) -> bool {
+    if toks.len() < 2 || !opens(&toks[0]) {
+        return false;
+    }
+    let mut depth = 0i32;
+    for (i, t) in toks.iter().enumerate() {
+        if opens(t) {
+            depth += 1;
+        } else if closes(t) {
+            depth -= 1;
+            if depth == 0 {
+                return i == toks.len() - 1;
+            }
+        }
+    }
+    false
+}
+
+/// Words that end a numeric answer as a unit (`5 cm`, `12 dollars`): dropped.
+fn is_unit_word(tok: &Tok) -> bool {
+    match tok {
+        Tok::Text(_) => true,
+        Tok::Word { text, spaced } => {
+            let t = text.as_str();
+            let known = matches!(
+                t,
+                "cm" | "mm" | "km" | "kg" | "mg" | "ml" | "mL" | "ft" | "yd" | "mi" | "hr" | "hrs"
+                    | "sec" | "min" | "mph" | "kph" | "lb" | "lbs" | "oz" | "units" | "unit" | "sq"
+                    | "cents" | "dollars" | "degrees" | "meters" | "inches" | "feet" | "miles"
+            );
+            let reserved = lex::is_function_name(t) || matches!(t, "pi" | "e" | "inf" | "infinity" | "and" | "or");
+            !reserved && (known || (*spaced && t.chars().count() >= 2))
+        }
+        _ => false,
+    }
+}
+
+/// Removes what carries no value: a trailing full stop, units after a number, `\$`.
+fn trim_noise(mut toks: &[Tok]) -> &[Tok] {
+    loop {
+        match toks.last() {
+            Some(Tok::Sym('.')) | Some(Tok::Sym(';')) => toks = &toks[..toks.len() - 1],
+            Some(t) if is_unit_word(t) && toks.len() >= 2 && !toks[..toks.len() - 1].iter().all(is_wordy) => {
+                toks = &toks[..toks.len() - 1]
+            }
+            // A `^2` or `^3` right after a unit (`cm^2`) goes with it.
+            Some(Tok::Num { .. })
+                if toks.len() >= 3
+                    && toks[toks.len() - 2] == Tok::Sym('^')
+                    && is_unit_word(&toks[toks.len() - 3])
+                    && !toks[..toks.len() - 3].iter().all(is_wordy) =>
+            {
+                toks = &toks[..toks.len() - 3]
+            }
+            _ => break,
+        }
+    }
+    while let Some(Tok::Text(_)) = toks.first() {
+        // A leading `\text{…}` label (`\text{Area } = 5`) is handled by the relation rule; a
+        // leading label with no `=` is dropped only if numbers follow.
+        if toks[1..].iter().any(|t| matches!(t, Tok::Num { .. })) && !toks.contains(&Tok::Sym('=')) {
+            toks = &toks[1..];
+        } else {
+            break;
+        }
+    }
+    toks
+}
+
+fn is_wordy(t: &Tok) -> bool {
+    matches!(t, Tok::Word { .. } | Tok::Text(_) | Tok::Sym(',') | Tok::Sym('.') | Tok::Sym('-') | Tok::Sym('\'') | Tok::Sym('!'))
+}
+
+/// Plain text (`even`, `no solution`, `Monday`) when the answer is words only and at least
+/// one word is not a variable, function or constant name.
+fn as_text(toks: &[Tok]) -> Option<String> {
+    if toks.is_empty() || !toks.iter().all(is_wordy) {
+        return None;
+    }
+    let mut words = Vec::new();
+    for t in toks {
+        match t {
+            Tok::Word { text, .. } => words.push(text.to_lowercase()),
+            Tok::Text(s) => words.extend(s.split(|c: char| !c.is_alphanumeric()).map(str::to_lowercase)),
+            _ => {}
+        }
+    }
+    words.retain(|w| !w.is_empty() && !matches!(w.as_str(), "the" | "a" | "an"));
+    // Two-letter words are more often products of variables (`ab`) than text; `no` is the
+    // common exception.
+    let has_real_word = words.iter().any(|w| {
+        (w.chars().count() >= 3 || w == "no")
+            && !lex::is_function_name(w)
+            && !matches!(w.as_str(), "pi" | "inf" | "infinity" | "oo")
+    });
+    (has_real_word || toks.iter().any(|t| matches!(t, Tok::Text(_)))).then(|| words.join(" "))
+}
+
+/// `C`, `(C)`, `C)`, `\text{(C)}`: a multiple-choice letter (A to J, capitals only).
+fn as_choice(toks: &[Tok]) -> Option<char> {
+    let letter = |s: &str| -> Option<char> {
+        let inner = s.trim().trim_start_matches('(').trim_end_matches([')', '.', ':']);
+        let mut chars = inner.chars();
+        let c = chars.next()?;
+        (chars.next().is_none() && ('A'..='J').contains(&c)).then_some(c)
+    };
+    match toks {
+        [Tok::Word { text, .. }] | [Tok::Text(text)] => letter(text),
+        [Tok::Sym('('), Tok::Word { text, .. }, Tok::Sym(')')] => letter(text),
+        [Tok::Word { text, .. }, Tok::Sym(')')] => letter(text),
+        _ => None,
+    }
+}
+
+fn is_and(t: &Tok) -> bool {
+    match t {
+        Tok::Word { text, .. } => text == "and",
+        Tok::Text(text) => text.trim() == "and",
+        _ => false,
+    }
+}
+
+/// `four` → 4: number words from zero to twenty, and the tens.
+fn number_word(toks: &[Tok]) -> Option<i64> {
+    let word = match toks {
+        [Tok::Word { text, .. }] | [Tok::Text(text)] => text.trim().to_lowercase(),
+        _ => return None,
+    };
+    const WORDS: [&str; 21] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    ];
+    const TENS: [(&str, i64); 7] =
+        [("thirty", 30), ("forty", 40), ("fifty", 50), ("sixty", 60), ("seventy", 70), ("eighty", 80), ("ninety", 90)];
+    WORDS
+        .iter()
+        .position(|w| *w == word)
+        .map(|i| i as i64)
+        .or_else(|| TENS.iter().find(|(w, _)| *w == word).map(|(_, n)| *n))
+}
+
+/// Parses an answer string.
+pub fn parse_answer(input: &str) -> Result<Answer, String> {
+    let toks = lex::tokenize(input)?;
+    parse_tokens(&toks, 0)
+}
+
+/// Parses an answer that is known to be a multiple-choice pick; also reads a leading letter
+/// followed by its option text (`(C) 42`).
+/// Lower-case letters count here (`\boxed{c}` for option C), since the gold says it is a choice.
+pub fn parse_choice(input: &str) -> Option<char> {
+    let toks = lex::tokenize(&input.to_uppercase()).ok()?;
+    if let Some(c) = as_choice(trim_noise(&toks)) {
+        return Some(c);
+    }
+    let head = match toks.as_slice() {
+        [Tok::Sym('('), w @ Tok::Word { .. }, Tok::Sym(')'), ..] => w,
+        [w @ Tok::Word { .. }, Tok::Sym(')') | Tok::Sym('.') | Tok::Sym(':'), ..] => w,
+        _ => return None,
+    };
+    as_choice(std::slice::from_ref(head))
+}
+
+fn parse_tokens(toks: &[Tok], depth: usize) -> Result<Answer, String> {
+    if depth > 8 {
+        return Err("answer structure nested too deep".into());
+    }
+    let toks = trim_noise(toks);
+    if toks.is_empty() {
+        return Err("empty answer".into());
+    }
+    if let Some(c) = as_choice(toks) {
+        return Ok(Answer::Choice(c));
+    }
+    if let Some(n) = number_word(toks) {
+        return Ok(Answer::Expr(Expr::num(num_rational::BigRational::from_integer(n.into()))));
+    }
+    if let Some(text) = as_text(toks) {
+        return Ok(Answer::Text(text));
+    }
+    if let Some(expanded) = expand_plus_minus(toks)? {
+        let items = expanded.iter().map(|t| parse_tokens(t, depth + 1)).collect::<Result<_, _>>()?;
+        return Ok(Answer::Set(items));
+    }
+    // `x \in [1, 2)` answers with the set on the right.
+    let in_parts = split_top(toks, |t| *t == Tok::Cmd("in".into()));
+    if in_parts.len() == 2 {
+        return parse_tokens(in_parts[1], depth + 1);
+    }
+    let union = split_top(toks, |t| *t == Tok::Cmd("cup".into()));
+    if union.len() > 1 {
+        return Ok(Answer::Union(parse_items(&union, depth)?));
+    }
+    let items = split_top(toks, |t| *t == Tok::Sym(',') || *t == Tok::Sym(';') || is_and(t));
+    if items.len() > 1 {
+        return Ok(Answer::List(parse_items(&items, depth)?));
+    }
+    parse_item(toks, depth)
+}
+
+fn parse_items(parts: &[&[Tok]], depth: usize) -> Result<Vec<Answer>, String> {
+    if parts.len() > MAX_ELEMENTS {
+        return Err(format!("more than {MAX_ELEMENTS} elements"));
+    }
+    parts.iter().filter(|p| !p.is_empty()).map(|p| parse_tokens(p, depth + 1)).collect()
+}
+
+/// `a \pm b` stands for the two answers `a + b` and `a - b`.
+fn expand_plus_minus(toks: &[Tok]) -> Result<Option<Vec<Vec<Tok>>>, String> {
+    let positions: Vec<usize> = toks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(t, Tok::Cmd(c) if c == "pm" || c == "mp"))
+        .map(|(i, _)| i)
+        .collect();
+    if positions.is_empty() {
+        return Ok(None);
+    }
+    if positions.len() > 2 {
+        return Err("more than two ± signs".into());
+    }
+    let mut out = Vec::new();
+    for sign in ['+', '-'] {
+        let mut v = toks.to_vec();
+        for &i in &positions {
+            let is_mp = matches!(&toks[i], Tok::Cmd(c) if c == "mp");
+            let s = if is_mp == (sign == '+') { '-' } else { '+' };
+            v[i] = Tok::Sym(s);
+        }
+        out.push(v);
+    }
+    Ok(Some(out))
+}
+
+fn parse_item(toks: &[Tok], depth: usize) -> Result<Answer, String> {
+    if let [Tok::Cmd(c)] = toks {
+        if c == "emptyset" {
+            return Ok(Answer::Set(Vec::new()));
+        }
+    }
+    if let (Some(Tok::Begin(env)), Some(Tok::End(_))) = (toks.first(), toks.last()) {
+        return parse_matrix(env, &toks[1..toks.len() - 1]);
+    }
+    if wrapped(toks) {
+        let inner = &toks[1..toks.len() - 1];
+        let (open, close) = (&toks[0], &toks[toks.len() - 1]);
+        if *open == Tok::SetOpen {
+            let parts = split_top(inner, |t| *t == Tok::Sym(','));
+            if inner.is_empty() {
+                return Ok(Answer::Set(Vec::new()));
+            }
+            return Ok(Answer::Set(parse_items(&parts, depth)?));
+        }
+        let bracket = matches!(open, Tok::Sym('(') | Tok::Sym('[')) && matches!(close, Tok::Sym(')') | Tok::Sym(']'));
+        let parts = split_top(inner, |t| *t == Tok::Sym(','));
+        if bracket && parts.len() > 1 {
+            let closed_lo = *open == Tok::Sym('[');
+            let closed_hi = *close == Tok::Sym(']');
+            let infinite_end = parts.len() == 2
+                && parts.iter().any(|p| matches!(trim_noise(p), [Tok::Cmd(c)] | [Tok::Sym('-'), Tok::Cmd(c)] if c == "infty"));
+            if parts.len() == 2 && (closed_lo || closed_hi || infinite_end) {
+                let lo = parse_expr(trim_noise(parts[0]))?;
+                let hi = parse_expr(trim_noise(parts[1]))?;
+                return Ok(Answer::Interval { lo, hi, lo_closed: closed_lo, hi_closed: closed_hi });
+            }
+            if *open == Tok::Sym('(') || closed_lo == closed_hi {
+                return Ok(Answer::Tuple(parse_items(&parts, depth)?));
+            }
+        }
+        if *open == Tok::Sym('{') && *close == Tok::Sym('}') {
+            return parse_tokens(inner, depth + 1);
+        }
+    }
+    if let Some(relation) = parse_relation(toks)? {
+        return Ok(relation);
+    }
+    Ok(Answer::Expr(parse_expr(toks)?))
+}
+
+fn rel_op(t: &Tok) -> Option<RelOp> {
+    match t {
+        Tok::Sym('=') => Some(RelOp::Eq),
+        Tok::Sym('<') => Some(RelOp::Lt),
+        Tok::Sym('>') => Some(RelOp::Gt),
+        Tok::Le => Some(RelOp::Le),
+        Tok::Ge => Some(RelOp::Ge),
+        Tok::Ne => Some(RelOp::Ne),
+        _ => None,
+    }
+}
+
+/// `lhs op rhs`, and chains: `a < x < b` is an interval; `x = 2 + 3 = 5` keeps its ends.
+fn parse_relation(toks: &[Tok]) -> Result<Option<Answer>, String> {
+    let parts = split_top(toks, |t| rel_op(t).is_some());
+    if parts.len() == 1 {
+        return Ok(None);
+    }
+    let ops: Vec<RelOp> = toks
+        .iter()
+        .scan(0i32, |depth, t| {
+            if opens(t) {
+                *depth += 1;
+            } else if closes(t) {
+                *depth -= 1;
+            }
+            Some((*depth, t))
+        })
+        .filter(|(d, t)| *d == 0 && rel_op(t).is_some())
+        .filter_map(|(_, t)| rel_op(t))
+        .collect();
+    // `= 5` (the left side left out) is the value on the right.
+    if parts[0].is_empty() && parts.len() == 2 {
+        return parse_item(trim_noise(parts[1]), 1).map(Some);
+    }
+    let label = |p: &[Tok]| p.iter().all(|t| matches!(t, Tok::Text(_)));
+    let exprs = parts
+        .iter()
+        .filter(|p| !label(p))
+        .map(|p| parse_expr(trim_noise(p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if exprs.len() < parts.len() {
+        // `\text{Area} = 5`: a label on the left.
+        return Ok(exprs.into_iter().last().map(Answer::Expr));
+    }
+    if exprs.len() == 3 && ops.len() == 2 && matches!(exprs[1], Expr::Var(_)) {
+        let ascending = ops.iter().all(|o| matches!(o, RelOp::Lt | RelOp::Le));
+        let descending = ops.iter().all(|o| matches!(o, RelOp::Gt | RelOp::Ge));
+        if ascending || descending {
+            let (lo, hi, lo_op, hi_op) = if ascending {
+                (exprs[0].clone(), exprs[2].clone(), ops[0], ops[1])
+            } else {
+                (exprs[2].clone(), exprs[0].clone(), ops[1], ops[0])
+            };
+            return Ok(Some(Answer::Interval {
+                lo,
+                hi,
+                lo_closed: matches!(lo_op, RelOp::Le | RelOp::Ge),
+                hi_closed: matches!(hi_op, RelOp::Le | RelOp::Ge),
+            }));
+        }
+    }
+    if ops.iter().all(|o| *o == RelOp::Eq) || exprs.len() == 2 {
+        let mut exprs = exprs;
+        let rhs = exprs.pop().ok_or("empty relation")?;
+        let lhs = exprs.swap_remove(0);
+        return Ok(Some(Answer::Relation { lhs, op: ops[0], rhs }));
+    }
+    Err("unsupported chain of relations".into())
+}
+
+fn parse_matrix(env: &str, body: &[Tok]) -> Result<Answer, String> {
+    if !env.ends_with("matrix") && env != "array" {
+        return Err(format!("unsupported environment {env}"));
+    }
+    let mut rows = Vec::new();
+    for row in split_top(body, |t| *t == Tok::RowSep) {
+        if row.is_empty() {
+            continue; // a trailing `\\`
+        }
+        let cells = split_top(row, |t| *t == Tok::Sym('&'));
+        if cells.len() > MAX_ELEMENTS {
+            return Err("matrix too large".into());
+        }
+        rows.push(cells.iter().map(|c| parse_expr(trim_noise(c))).collect::<Result<Vec<_>, _>>()?);
+        if rows.len() > MAX_ELEMENTS {
+            return Err("matrix too large".into());
+        }
+    }
+    let width = rows.first().map(Vec::len).unwrap_or(0);
+    if rows.iter().any(|r| r.len() != width) {
+        return Err("ragged matrix".into());
+    }
+    Ok(Answer::Matrix(rows))
+}

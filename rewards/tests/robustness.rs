@@ -1,0 +1,189 @@
+//! Hostile and random input: the verifier never panics, answers "not equivalent" with a
+//! reason, and returns within a time bound (1 s per case, in debug builds).
+
+use std::time::{Duration, Instant};
+
+use rewards::{calc, verify, Verdict};
+
+const BOUND: Duration = Duration::from_secs(1);
+
+fn timed_verify(gold: &str, response: &str) -> Verdict {
+    let start = Instant::now();
+    let v = verify(gold, response);
+    let took = start.elapsed();
+    let shown: String = response.chars().take(60).collect();
+    assert!(took < BOUND, "verify took {took:?} on {shown:?}");
+    v
+}
+
+fn assert_rejected(gold: &str, response: &str) {
+    let v = timed_verify(gold, response);
+    let shown: String = response.chars().take(60).collect();
+    assert!(!v.correct, "accepted hostile input {shown:?}");
+    assert!(v.reason.is_some(), "no reason for {shown:?}");
+}
+
+#[test]
+fn ten_thousand_nested_braces() {
+    let nested = format!("\\boxed{{{}1{}}}", "{".repeat(10_000), "}".repeat(10_000));
+    assert_rejected("1", &nested);
+    let unclosed = format!("\\boxed{{{}1", "{".repeat(10_000));
+    assert_rejected("1", &unclosed);
+}
+
+#[test]
+fn huge_numbers() {
+    assert_rejected("1", "\\boxed{10^{100000}}");
+    assert_rejected("10^{100001}", "\\boxed{10^{100000}}");
+    assert_rejected("1", "\\boxed{2^{2^{2^{2^{2^{2^{2}}}}}}}");
+    assert_rejected("1", "\\boxed{9^9^9^9^9}");
+    assert_rejected("1", "\\boxed{1000000!}");
+    assert_rejected("1", "\\boxed{\\binom{1000000000}{500000000}}");
+    assert_rejected("1", &format!("\\boxed{{{}}}", "9".repeat(1500)));
+    assert_rejected("1", "\\boxed{1e9999999}");
+    assert_rejected("1", "\\boxed{10^{-100000}}");
+    assert_rejected("x", "\\boxed{x^{100000000}}");
+}
+
+#[test]
+fn division_by_zero_and_domain_errors() {
+    for bad in ["1/0", "\\frac{1}{0}", "0^{-1}", "\\ln 0", "\\sqrt{-4}", "\\log_1 2", "0/0", "\\tan(\\pi/2)/0"] {
+        assert_rejected("1", &format!("\\boxed{{{bad}}}"));
+    }
+}
+
+#[test]
+fn megabyte_strings() {
+    let big = "a".repeat(1 << 20);
+    assert_rejected("5", &format!("{big}\\boxed{{5}}"));
+    assert_rejected(&big, "\\boxed{5}");
+    assert_rejected("5", &"9".repeat(1 << 20));
+    assert_rejected("5", &"$".repeat(1 << 20));
+    // Just under the input cap, a real answer at the end is still found quickly.
+    let filler = "Some reasoning about numbers 1, 2, 3. ".repeat(12_000);
+    let v = timed_verify("5", &format!("{filler}\\boxed{{5}}"));
+    assert!(v.correct);
+    let many_boxes = "\\boxed{1} x ".repeat(40_000);
+    timed_verify("1", &many_boxes);
+    let many_dollars = "$1$ ".repeat(100_000);
+    timed_verify("1", &many_dollars);
+}
+
+#[test]
+fn nul_bytes_and_control_characters() {
+    assert_rejected("5", "\\boxed{5\0}");
+    assert_rejected("5", &"\0".repeat(100_000));
+    assert_rejected("5", "\\boxed{\u{1b}[31m5}");
+}
+
+#[test]
+fn deep_nesting() {
+    let fracs = format!("\\boxed{{{}1{}}}", "\\frac{".repeat(5000), "}{2}".repeat(5000));
+    assert_rejected("1", &fracs);
+    // Under the length cap, the parser's depth cap answers.
+    let fracs = format!("\\boxed{{{}1{}}}", "\\frac{".repeat(200), "}{2}".repeat(200));
+    assert_rejected("1", &fracs);
+    let parens = format!("\\boxed{{{}1{}}}", "(".repeat(900), ")".repeat(900));
+    assert_rejected("1", &parens);
+    let sqrt = format!("\\boxed{{{}2{}}}", "\\sqrt{".repeat(300), "}".repeat(300));
+    assert_rejected("1", &sqrt);
+    let text = format!("\\boxed{{{}5{}}}", "\\text{".repeat(300), "}".repeat(300));
+    assert_rejected("1", &text);
+    let bars = format!("\\boxed{{{}}}", "|".repeat(1500));
+    assert_rejected("1", &bars);
+    let powers = format!("\\boxed{{{}2}}", "2^".repeat(900));
+    assert_rejected("1", &powers);
+    let set = format!("\\boxed{{\\{{{}\\}}}}", "1,".repeat(900));
+    assert_rejected("1", &set);
+}
+
+#[test]
+fn calculator_is_bounded_too() {
+    for bad in ["10^{100000}", "1/0", "(((((", "\0", "2^2^2^2^2^2", "1000000!", &"(".repeat(5000)] {
+        let start = Instant::now();
+        assert!(calc::evaluate(bad).is_err(), "{bad:?}");
+        assert!(start.elapsed() < BOUND);
+    }
+}
+
+/// Tokens that make parsers trip, glued at random.
+const PIECES: &[&str] = &[
+    "\\boxed{", "}", "{", "\\frac", "^", "1", "0", "9", ".", ",", "\\sqrt", "(", ")", "[", "]", "\\{", "\\}",
+    "x", "=", "<", "\\le", "\\pi", "e", "-", "+", "/", "*", "!", "%", "\\%", "\\\\", "&", "\\begin{pmatrix}",
+    "\\end{pmatrix}", "\\left(", "\\right)", "#### ", "The answer is ", "$", "**", "\\text{", "\0", "π", "∞",
+    "−", "é", "😀", "\\overline{", "...", "e5", "10^{", "\\pm", "\\cup", "\\infty", " ", "\n", "\\", "_",
+    "\\log_", "\\sin", "|", "\\binom", "\\mathrm{", "{,}", "\\,", "°", "^\\circ", "\\dot{", "or", "and",
+    "\\lfloor", "\\rceil", "12345678901234567890", "\\fbox", "(C)", "\\in", "\\emptyset", "'", "\"", "#",
+];
+
+/// xorshift64*: a fixed seed, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn piece_string(&mut self, max_pieces: usize) -> String {
+        let n = self.below(max_pieces + 1);
+        (0..n).map(|_| PIECES[self.below(PIECES.len())]).collect()
+    }
+
+    fn char_string(&mut self, max_chars: usize) -> String {
+        let n = self.below(max_chars + 1);
+        (0..n).filter_map(|_| char::from_u32((self.next() % 0x2_0000) as u32)).collect()
+    }
+}
+
+#[test]
+fn random_token_soup_never_panics_and_is_bounded() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    for _ in 0..4000 {
+        let gold = rng.piece_string(12);
+        let response = rng.piece_string(60);
+        let v = timed_verify(&gold, &response);
+        assert!(v.correct || v.reason.is_some());
+        let _ = calc::evaluate(&response);
+        // The answer compared with itself, boxed: never a panic; usually correct.
+        let _ = timed_verify(&gold, &format!("\\boxed{{{gold}}}"));
+    }
+}
+
+#[test]
+fn random_unicode_never_panics() {
+    let mut rng = Rng(0xC0FF_EE00_0000_0042);
+    for _ in 0..1500 {
+        let gold = rng.char_string(20);
+        let response = rng.char_string(200);
+        timed_verify(&gold, &response);
+        timed_verify(&gold, &format!("\\boxed{{{response}}}"));
+        let _ = calc::evaluate(&response);
+    }
+}
+
+#[test]
+fn safe_from_many_threads() {
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let n = t * 1000 + i;
+                    let v = verify(&n.to_string(), &format!("so \\boxed{{{n}}}"));
+                    assert!(v.correct);
+                    let w = verify(&format!("\\frac{{{n}}}{{7}}"), &format!("\\boxed{{{}/7}}", n + 1));
+                    assert!(!w.correct);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread panicked");
+    }
+}
