@@ -8,6 +8,7 @@ pub mod generate;
 pub mod init;
 pub mod lora;
 pub mod model;
+pub mod peft;
 pub mod policy;
 pub mod rng;
 pub mod rope;

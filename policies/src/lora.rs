@@ -107,6 +107,8 @@ pub struct LoraConfig {
     pub rank: i64,
     pub alpha: f64,
     pub targets: Vec<Module>,
+    /// Rank-stabilised scaling α/√r instead of α/r (PEFT's `use_rslora`).
+    pub rslora: bool,
 }
 
 impl LoraConfig {
@@ -117,22 +119,41 @@ impl LoraConfig {
         if !(alpha.is_finite() && alpha > 0.0) {
             return Err(invalid!("LoRA alpha must be positive, got {alpha}"));
         }
-        Ok(LoraConfig { rank, alpha, targets })
+        Ok(LoraConfig { rank, alpha, targets, rslora: false })
     }
     pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 }
 
-/// One module's low-rank pair: A [r, in], B [out, r].
+/// One module's low-rank pair: A [r, in], B [out, r] (views into the adapter's flat buffer).
 pub struct LoraPair {
     pub a: Tensor,
     pub b: Tensor,
 }
 
-/// A trainable adapter: per layer, the pairs of the targeted modules (plus lm_head if targeted).
+/// Where each (layer, module) pair lives in the flat buffer. `None` layer means lm_head.
+#[derive(Debug, Clone)]
+struct Slot {
+    layer: Option<usize>,
+    module: Module,
+    a_offset: i64,
+    a_shape: [i64; 2],
+    b_offset: i64,
+    b_shape: [i64; 2],
+}
+
+/// A trainable adapter. All of its numbers live in one f32 buffer (`flat`, the only leaf that
+/// requires grad), and each (A, B) is a view into it: the optimiser updates one tensor with a
+/// handful of ops however many modules are adapted, and its state is exactly 2 × the adapter.
 pub struct Adapter {
     pub config: LoraConfig,
+    flat: Tensor,
+    slots: Vec<Slot>,
     pub layers: Vec<BTreeMap<Module, LoraPair>>,
     pub lm_head: Option<LoraPair>,
 }
@@ -141,25 +162,61 @@ impl Adapter {
     /// A fresh adapter: A ~ U(±1/√fan_in) from `seed`, B = 0, in f32 (adapters train in f32
     /// whatever the base dtype is), with gradients on.
     pub fn init(cfg: &ModelConfig, config: LoraConfig, seed: u64, device: Device) -> Adapter {
+        let slots = layout(cfg, &config);
+        let total = slots.last().map(|s| s.b_offset + s.b_shape[0] * s.b_shape[1]).unwrap_or(0);
+        let mut values = vec![0f32; total as usize];
         let mut rng = SplitMix::new(seed);
-        let mut make = |m: Module| {
-            let (fan_in, fan_out) = m.shape(cfg);
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            let a: Vec<f32> = (0..config.rank * fan_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
-            let a = Tensor::from_slice(&a).reshape([config.rank, fan_in]).to_device(device);
-            let b = Tensor::zeros([fan_out, config.rank], (Kind::Float, device));
-            LoraPair { a: a.set_requires_grad(true), b: b.set_requires_grad(true) }
-        };
-        let layers = (0..cfg.num_layers)
-            .map(|_| {
-                config.targets.iter().filter(|m| m.block().is_some()).map(|&m| (m, make(m))).collect::<BTreeMap<_, _>>()
-            })
-            .collect();
-        let lm_head = config.targets.contains(&Module::LmHead).then(|| make(Module::LmHead));
-        Adapter { config, layers, lm_head }
+        for slot in &slots {
+            let bound = 1.0 / (slot.a_shape[1] as f64).sqrt();
+            let a = &mut values[slot.a_offset as usize..(slot.a_offset + slot.a_shape[0] * slot.a_shape[1]) as usize];
+            for v in a {
+                *v = ((rng.next_f64() * 2.0 - 1.0) * bound) as f32;
+            }
+        }
+        Self::from_flat(config, slots, Tensor::from_slice(&values).to_device(device))
     }
 
-    /// Every trainable tensor with its PEFT key, in a fixed order.
+    /// An adapter with the given tensors (PEFT loading): `tensors` maps (layer, module) to (A, B).
+    pub fn from_pairs(cfg: &ModelConfig, config: LoraConfig, pairs: &BTreeMap<(Option<usize>, Module), (Tensor, Tensor)>, device: Device) -> Result<Adapter> {
+        let slots = layout(cfg, &config);
+        let mut parts = Vec::with_capacity(slots.len() * 2);
+        for slot in &slots {
+            let Some((a, b)) = pairs.get(&(slot.layer, slot.module)) else {
+                return Err(invalid!("adapter lacks {} of layer {:?}", slot.module.hf_name(), slot.layer));
+            };
+            if a.size() != slot.a_shape || b.size() != slot.b_shape {
+                return Err(invalid!(
+                    "{} of layer {:?}: lora_A {:?} / lora_B {:?}, expected {:?} / {:?}",
+                    slot.module.hf_name(), slot.layer, a.size(), b.size(), slot.a_shape, slot.b_shape
+                ));
+            }
+            parts.push(a.to_kind(Kind::Float).reshape([-1]));
+            parts.push(b.to_kind(Kind::Float).reshape([-1]));
+        }
+        let flat = if parts.is_empty() { Tensor::zeros([0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&parts, 0) };
+        Ok(Self::from_flat(config, slots, flat.to_device(device)))
+    }
+
+    fn from_flat(config: LoraConfig, slots: Vec<Slot>, flat: Tensor) -> Adapter {
+        let flat = flat.detach().set_requires_grad(true);
+        // Views are made with grad mode on, so gradients reach `flat` through them.
+        let view = |offset: i64, shape: [i64; 2]| tch::with_grad(|| flat.narrow(0, offset, shape[0] * shape[1]).view(shape));
+        let num_layers = slots.iter().filter_map(|s| s.layer).max().map(|m| m + 1).unwrap_or(0);
+        let mut layers: Vec<BTreeMap<Module, LoraPair>> = (0..num_layers).map(|_| BTreeMap::new()).collect();
+        let mut lm_head = None;
+        for s in &slots {
+            let pair = LoraPair { a: view(s.a_offset, s.a_shape), b: view(s.b_offset, s.b_shape) };
+            match s.layer {
+                Some(i) => {
+                    layers[i].insert(s.module, pair);
+                }
+                None => lm_head = Some(pair),
+            }
+        }
+        Adapter { config, flat, slots, layers, lm_head }
+    }
+
+    /// Every A and B with its PEFT key, in a fixed order.
     pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -176,22 +233,30 @@ impl Adapter {
         out
     }
 
+    /// The one trainable tensor (all of A and B, flattened).
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.named_tensors().into_iter().map(|(_, t)| t.shallow_clone()).collect()
+        vec![self.flat.shallow_clone()]
     }
 
     pub fn num_parameters(&self) -> i64 {
-        self.named_tensors().iter().map(|(_, t)| t.numel() as i64).sum()
+        self.flat.numel() as i64
     }
 
     /// A detached copy (for publishing a snapshot to samplers while training goes on).
     pub fn snapshot(&self) -> Adapter {
-        let copy = |p: &LoraPair| LoraPair { a: p.a.detach().copy(), b: p.b.detach().copy() };
-        Adapter {
-            config: self.config.clone(),
-            layers: self.layers.iter().map(|l| l.iter().map(|(m, p)| (*m, copy(p))).collect()).collect(),
-            lm_head: self.lm_head.as_ref().map(copy),
+        let flat = tch::no_grad(|| self.flat.detach().copy());
+        Self::from_flat(self.config.clone(), self.slots.clone(), flat)
+    }
+
+    /// Replace this adapter's numbers with `other`'s (same layout), e.g. a newer snapshot.
+    pub fn load_from(&self, other: &Adapter) -> Result<()> {
+        if self.flat.size() != other.flat.size() {
+            return Err(invalid!("adapter sizes differ: {:?} vs {:?}", self.flat.size(), other.flat.size()));
         }
+        tch::no_grad(|| {
+            let _ = self.flat.shallow_clone().copy_(&other.flat);
+        });
+        Ok(())
     }
 
     /// The dense update (α/r)·B·A for one module, for merging.
@@ -202,6 +267,29 @@ impl Adapter {
         };
         Some(pair.b.detach().matmul(&pair.a.detach()) * self.config.scale())
     }
+}
+
+/// Flat-buffer positions of every targeted module, layer by layer, then lm_head.
+fn layout(cfg: &ModelConfig, config: &LoraConfig) -> Vec<Slot> {
+    let r = config.rank;
+    let mut slots = Vec::new();
+    let mut offset = 0;
+    let mut push = |layer: Option<usize>, module: Module| {
+        let (fan_in, fan_out) = module.shape(cfg);
+        let a_offset = offset;
+        let b_offset = a_offset + r * fan_in;
+        offset = b_offset + fan_out * r;
+        slots.push(Slot { layer, module, a_offset, a_shape: [r, fan_in], b_offset, b_shape: [fan_out, r] });
+    };
+    for i in 0..cfg.num_layers as usize {
+        for &m in config.targets.iter().filter(|m| m.block().is_some()) {
+            push(Some(i), m);
+        }
+    }
+    if config.targets.contains(&Module::LmHead) {
+        push(None, Module::LmHead);
+    }
+    slots
 }
 
 /// The fused groups of a decoder layer, in the order the model computes them.
@@ -332,7 +420,7 @@ fn pack_group(cfg: &ModelConfig, modules: &[Module], pairs: &[Vec<Option<(&LoraP
     if a_rows.is_empty() {
         return None;
     }
-    Some(PackedGroup { a_t: Tensor::cat(&a_rows, 0).tr(), b_t: Tensor::cat(&b_cols, 1).tr(), owners })
+    Some(PackedGroup { a_t: Tensor::cat(&a_rows, 0).tr().contiguous(), b_t: Tensor::cat(&b_cols, 1).tr().contiguous(), owners })
 }
 
 impl LoraRuntime {

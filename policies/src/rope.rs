@@ -11,7 +11,8 @@ use crate::config::{ModelConfig, RopeScaling};
 pub struct Rope {
     /// [max_positions, head_dim], in the model's dtype.
     cos: Tensor,
-    sin: Tensor,
+    /// sin with the first half negated: rotate_half(x)·sin == swap_halves(x)·signed_sin.
+    signed_sin: Tensor,
 }
 
 impl Rope {
@@ -31,29 +32,32 @@ impl Rope {
         debug_assert_eq!(inv_freq.size(), [half]);
         let freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], 1);
-        Rope { cos: emb.cos().to_kind(kind).to_device(device), sin: emb.sin().to_kind(kind).to_device(device) }
+        let sign = Tensor::cat(&[Tensor::full([half], -1.0, (Kind::Float, Device::Cpu)), Tensor::ones([half], (Kind::Float, Device::Cpu))], 0);
+        let signed_sin = emb.sin() * sign;
+        Rope { cos: emb.cos().to_kind(kind).to_device(device), signed_sin: signed_sin.to_kind(kind).to_device(device) }
     }
 
     pub fn max_positions(&self) -> i64 {
         self.cos.size()[0]
     }
 
-    /// cos and sin for `positions` [B, T], shaped [B, 1, T, head_dim] to broadcast over heads.
+    /// cos and signed sin for `positions` [B, T], shaped [B, T, 1, head_dim] to broadcast over
+    /// the heads of activations laid out [B, T, heads, head_dim].
     pub fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let flat = positions.reshape([-1]);
         let size = positions.size();
-        let shape = [size[0], 1, size[1], -1];
-        (self.cos.index_select(0, &flat).reshape(shape), self.sin.index_select(0, &flat).reshape(shape))
+        let shape = [size[0], size[1], 1, -1];
+        (self.cos.index_select(0, &flat).reshape(shape), self.signed_sin.index_select(0, &flat).reshape(shape))
     }
 }
 
-/// x·cos + rotate_half(x)·sin, with x [B, heads, T, head_dim].
-pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
-    x * cos + rotated * sin
+/// x·cos + rotate_half(x)·sin for x [B, T, heads, head_dim], where rotate_half(x) = (-x2, x1).
+/// Swapping the halves and multiplying by (-sin, sin) gives the same numbers in fewer ops.
+pub fn apply(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    let size = x.size();
+    let half = size[3] / 2;
+    let swapped = x.view([size[0], size[1], size[2], 2, half]).flip([3]).view(size.as_slice());
+    x * cos + swapped * signed_sin
 }
 
 /// Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.

@@ -23,6 +23,10 @@ pub enum Command {
     Sample(cmd::sample::SampleArgs),
     /// Read {"tokens": [...]} lines on stdin; write {"logprobs": [...]} lines.
     Logprobs(cmd::logprobs::LogprobsArgs),
+    /// Measure speed (generation, training steps) on a checkpoint.
+    Bench(cmd::bench::BenchArgs),
+    /// Merge an adapter into its base model and write a Hugging Face checkpoint.
+    Export(cmd::export::ExportArgs),
     /// Write a randomly initialised checkpoint (HF format, character tokenizer).
     InitModel(cmd::init_model::InitModelArgs),
 }
@@ -39,6 +43,9 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A LoRA adapter directory in PEFT format (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -53,6 +60,20 @@ impl ModelArgs {
         let device = policies::parse_device(&self.device)?;
         Ok(policies::Policy::load(&self.model, dtype, device)?)
     }
+
+    /// The policy and, with `--adapter`, the adapter ready for inference.
+    pub fn load_with_adapter(&self) -> Result<(policies::Policy, Option<policies::LoraRuntime>)> {
+        let policy = self.load()?;
+        let lora = match &self.adapter {
+            Some(dir) => {
+                let model = &policy.model;
+                let adapter = policies::peft::load(dir, &model.config, model.device())?;
+                Some(tch::no_grad(|| policies::LoraRuntime::single(&model.config, &adapter, model.kind()))?)
+            }
+            None => None,
+        };
+        Ok((policy, lora))
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -64,5 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => cmd::sample::run(args),
         Command::Logprobs(args) => cmd::logprobs::run(args),
         Command::InitModel(args) => cmd::init_model::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Export(args) => cmd::export::run(args),
     }
 }

@@ -25,7 +25,7 @@ struct TokensLine {
 
 pub fn run(args: LogprobsArgs) -> Result<()> {
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
-    let policy = args.model.load()?;
+    let (policy, lora) = args.model.load_with_adapter()?;
     let vocab = policy.model.config.vocab_size;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -38,14 +38,14 @@ pub fn run(args: LogprobsArgs) -> Result<()> {
         }
         pending.push(line.tokens);
         if pending.len() == args.batch_size {
-            write_batch(&policy.model, &std::mem::take(&mut pending), &mut out)?;
+            write_batch(&policy.model, lora.as_ref(), &std::mem::take(&mut pending), &mut out)?;
         }
         Ok(())
     })?;
-    write_batch(&policy.model, &pending, &mut out)
+    write_batch(&policy.model, lora.as_ref(), &pending, &mut out)
 }
 
-fn write_batch(model: &policies::Model, batch: &[Vec<i64>], out: &mut impl Write) -> Result<()> {
+fn write_batch(model: &policies::Model, lora: Option<&policies::LoraRuntime>, batch: &[Vec<i64>], out: &mut impl Write) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -57,7 +57,7 @@ fn write_batch(model: &policies::Model, batch: &[Vec<i64>], out: &mut impl Write
     let rows: Vec<Vec<f32>> = if width < 2 {
         vec![Vec::new(); batch.len()]
     } else {
-        let logp = model.token_logprobs(&tokens, None).to_kind(Kind::Float).to_device(Device::Cpu);
+        let logp = model.token_logprobs(&tokens, lora).to_kind(Kind::Float).to_device(Device::Cpu);
         Vec::<Vec<f32>>::try_from(&logp)?
     };
     for (seq, row) in batch.iter().zip(rows) {

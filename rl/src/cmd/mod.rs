@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod export;
 pub mod init_model;
 pub mod logprobs;
 pub mod sample;

@@ -67,7 +67,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
         (None, None) => anyhow::bail!("give --prompt or --prompts"),
     };
-    let policy = args.model.load()?;
+    let (policy, lora) = args.model.load_with_adapter()?;
     let params = policies::SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -96,7 +96,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     for chunk in jobs.chunks(args.batch_size) {
         let batch: Vec<Vec<i64>> = chunk.iter().map(|&(p, _)| encoded[p].clone()).collect();
         let streams: Vec<u64> = chunk.iter().map(|&(p, s)| (p * args.n + s) as u64).collect();
-        let completions = policy.generate(None, &batch, &streams, &params)?;
+        let completions = policy.generate(lora.as_ref(), &batch, &streams, &params)?;
         for (&(p, s), c) in chunk.iter().zip(completions) {
             let line = serde_json::json!({
                 "prompt_index": p,

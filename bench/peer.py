@@ -1,0 +1,126 @@
+"""The Python peers noregret's benchmarks are compared against, measured in the same run.
+
+  peer.py ceiling                      float32 matmul GFLOP/s (the machine's ceiling)
+  peer.py generate --model DIR ...     HF generate tokens/s (KV cache, pure sampling, exactly T new tokens)
+  peer.py train-step --model DIR ...   one policy-gradient step (forward, backward, AdamW) with peft LoRA or full FT
+
+Each prints one JSON line per configuration. Timings are medians after a warm-up.
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+
+
+def median_time(fn, runs: int, warmup: int = 1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def ceiling(args):
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        med, _ = median_time(lambda: torch.mm(a, b), args.runs, warmup=2)
+        print(json.dumps({"bench": "ceiling", "n": n, "gflops": 2 * n ** 3 / med / 1e9, "threads": torch.get_num_threads()}))
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def with_lora(model, rank: int):
+    """peft LoRA on every linear layer of the blocks, B random so the adapter math really runs."""
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+def generate(args):
+    model = load(args.model)
+    if args.lora_rank:
+        model = with_lora(model, args.lora_rank)
+    vocab = model.config.vocab_size
+    for b in args.batch:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(4, vocab, (b, args.prompt_len), generator=g)
+        mask = torch.ones_like(ids)
+
+        def run():
+            with torch.no_grad():
+                model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)
+
+        med, times = median_time(run, args.runs)
+        print(json.dumps({"bench": "generate", "impl": "hf", "batch": b, "prompt_len": args.prompt_len,
+                          "new_tokens": args.new_tokens, "lora_rank": args.lora_rank, "median_s": med, "times_s": times,
+                          "tok_per_s": b * args.new_tokens / med, "threads": torch.get_num_threads()}), flush=True)
+
+
+def train_step(args):
+    model = load(args.model).train()
+    if args.lora_rank:
+        model = with_lora(model, args.lora_rank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    ids = torch.randint(4, vocab, (args.batch, args.seq_len), generator=g)
+    adv = torch.randn(args.batch, generator=g)
+
+    def step():
+        logits = model(input_ids=ids).logits[:, :-1]
+        logp = logits.float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -(adv[:, None] * logp).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    med, times = median_time(step, args.runs, warmup=2)
+    print(json.dumps({"bench": "train_step", "impl": "hf+peft" if args.lora_rank else "hf", "batch": args.batch,
+                      "seq_len": args.seq_len, "lora_rank": args.lora_rank, "median_s": med, "times_s": times,
+                      "tok_per_s": args.batch * args.seq_len / med, "trainable": sum(p.numel() for p in params),
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "threads": torch.get_num_threads()}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("ceiling")
+    c.add_argument("--runs", type=int, default=5)
+    gp = sub.add_parser("generate")
+    gp.add_argument("--model", required=True)
+    gp.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    gp.add_argument("--prompt-len", type=int, default=32)
+    gp.add_argument("--new-tokens", type=int, default=64)
+    gp.add_argument("--lora-rank", type=int, default=0)
+    gp.add_argument("--runs", type=int, default=5)
+    tp = sub.add_parser("train-step")
+    tp.add_argument("--model", required=True)
+    tp.add_argument("--batch", type=int, default=16)
+    tp.add_argument("--seq-len", type=int, default=96)
+    tp.add_argument("--lora-rank", type=int, default=2)
+    tp.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    {"ceiling": ceiling, "generate": generate, "train-step": train_step}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+//! `noregret bench`: the numbers the README quotes, measured the same way as the Python peers in
+//! `bench/` (same shapes, same counting), one JSON line per configuration.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::cli::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchKind,
+}
+
+#[derive(Subcommand)]
+pub enum BenchKind {
+    /// Sampled tokens/s: B random prompts of P tokens, exactly T new tokens each (no eos stop).
+    Generate(GenerateBench),
+}
+
+#[derive(Args)]
+pub struct GenerateBench {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: i64,
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Rank of an all-layer adapter with non-zero B (0: no adapter).
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: i64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchKind::Generate(g) => generate(g),
+    }
+}
+
+/// Median of `runs` timings of `f`, after one warm-up call.
+pub fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Vec<f64>)> {
+    f()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok((sorted[sorted.len() / 2], times))
+}
+
+/// An all-layer adapter whose B is random, so the adapter math really changes the output.
+pub fn busy_adapter(cfg: &policies::ModelConfig, rank: i64, device: Device) -> Result<policies::Adapter> {
+    let config = policies::LoraConfig::new(rank, 32.0, policies::Module::LAYER_MODULES.to_vec())?;
+    let adapter = policies::Adapter::init(cfg, config, 0, device);
+    tch::no_grad(|| {
+        tch::manual_seed(0);
+        for (_, t) in adapter.named_tensors() {
+            if t.size()[1] == rank {
+                let _ = t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, device)) * 0.02));
+            }
+        }
+    });
+    Ok(adapter)
+}
+
+fn generate(args: GenerateBench) -> Result<()> {
+    let policy = args.model.load()?;
+    let model = &policy.model;
+    let vocab = model.config.vocab_size;
+    let adapter = if args.lora_rank > 0 { Some(busy_adapter(&model.config, args.lora_rank, model.device())?) } else { None };
+    let lora = adapter.as_ref().map(|a| policies::LoraRuntime::single(&model.config, a, model.kind())).transpose()?;
+    let params = policies::SamplingParams { max_new_tokens: args.new_tokens, ignore_eos: true, ..Default::default() };
+    let threads = tch::get_num_threads();
+    for &b in &args.batch {
+        tch::manual_seed(0);
+        let ids = Tensor::randint_low(4, vocab, [b as i64, args.prompt_len as i64], (Kind::Int64, Device::Cpu));
+        let prompts: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(&ids)?;
+        let streams: Vec<u64> = (0..b as u64).collect();
+        let (median, times) = median_seconds(args.runs, || {
+            let out = policy.generate(lora.as_ref(), &prompts, &streams, &params)?;
+            anyhow::ensure!(out.iter().all(|c| c.tokens.len() as i64 == args.new_tokens), "short generation");
+            Ok(())
+        })?;
+        let tokens = (b as i64 * args.new_tokens) as f64;
+        println!("{}", json!({
+            "bench": "generate", "impl": "noregret", "model": policy.dir, "batch": b, "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens, "lora_rank": args.lora_rank, "threads": threads,
+            "median_s": median, "times_s": times, "tok_per_s": tokens / median,
+            "ms_per_step": median * 1e3 / args.new_tokens as f64,
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `noregret export`: an adapter merged into its base model, written as a Hugging Face checkpoint
+//! that transformers (or vLLM) loads like any other.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::cli::ModelArgs;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Fold the adapter into the base weights (W + (α/r)·B·A). Without it, the adapter alone is
+    /// re-written in PEFT format.
+    #[arg(long)]
+    pub merge: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Files that travel with a checkpoint unchanged.
+const SIDE_FILES: [&str; 5] =
+    ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja"];
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let adapter_dir = args.model.adapter.clone().context("export needs --adapter DIR")?;
+    anyhow::ensure!(
+        args.out.canonicalize().ok() != args.model.model.canonicalize().ok(),
+        "--out must differ from --model (the base checkpoint is never overwritten)"
+    );
+    let mut policy = args.model.load()?;
+    let adapter = policies::peft::load(&adapter_dir, &policy.model.config, policy.model.device())?;
+    if !args.merge {
+        policies::peft::save(&adapter, &args.out, &policy.dir.display().to_string())?;
+        eprintln!("wrote adapter to {}", args.out.display());
+        return Ok(());
+    }
+    policy.model.merge_adapter(&adapter)?;
+    let weights = policy.model.named_weights();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    policies::weights::save_safetensors(&args.out.join("model.safetensors"), &weights, Some(meta))?;
+    let mut config = policy.model.config.raw.clone();
+    config["tie_word_embeddings"] = serde_json::Value::Bool(policy.model.config.tie_word_embeddings);
+    policies::init::write_json(&args.out.join("config.json"), &config)?;
+    for name in SIDE_FILES {
+        copy_if_present(&policy.dir.join(name), &args.out.join(name))?;
+    }
+    eprintln!("wrote merged checkpoint to {}", args.out.display());
+    Ok(())
+}
+
+fn copy_if_present(from: &Path, to: &Path) -> Result<()> {
+    if from.exists() {
+        let bytes = std::fs::read(from).with_context(|| format!("{}: cannot read", from.display()))?;
+        policies::weights::write_atomic(to, &bytes)?;
+    }
+    Ok(())
+}
