@@ -25,6 +25,8 @@ pub enum Command {
     Logprobs(cmd::logprobs::LogprobsArgs),
     /// Measure speed (generation, training steps) on a checkpoint.
     Bench(cmd::bench::BenchArgs),
+    /// Create LoRA adapters.
+    Adapter(cmd::adapter::AdapterArgs),
     /// Merge an adapter into its base model and write a Hugging Face checkpoint.
     Export(cmd::export::ExportArgs),
     /// Write a randomly initialised checkpoint (HF format, character tokenizer).
@@ -87,5 +89,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::InitModel(args) => cmd::init_model::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Export(args) => cmd::export::run(args),
+        Command::Adapter(args) => cmd::adapter::run(args),
     }
 }

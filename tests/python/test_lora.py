@@ -1,0 +1,105 @@
+"""LoRA adapters against peft: adapters made by peft load here, adapters made here load in peft,
+and a merged export loads in transformers, all to 1e-4 in log-probs."""
+import json
+import os
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from conftest import json_lines, noregret
+
+TOL = 1e-4
+
+
+def sequences(vocab, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (80, 2, 33)]
+
+
+def ours(path, seqs, adapter=None):
+    args = ["logprobs", "--model", path] + (["--adapter", adapter] if adapter else [])
+    out = json_lines(noregret(*args, stdin="".join(json.dumps({"tokens": s}) + "\n" for s in seqs)).stdout)
+    return [torch.tensor(o["logprobs"]) for o in out]
+
+
+def reference(model, seqs):
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            ids = torch.tensor([s])
+            logp = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1]
+            out.append(logp.gather(1, ids[0, 1:, None])[:, 0])
+    return out
+
+
+def max_err(a, b):
+    return max((x - y).abs().max().item() if len(x) else 0.0 for x, y in zip(a, b))
+
+
+def fresh_base(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3rope_old", "qwen3_headdim", "qwen2_gqa"])
+@pytest.mark.parametrize("rank", [1, 4])
+def test_peft_adapter_loads_here(checkpoints, tmp_path, name, rank):
+    path, _ = checkpoints[name]
+    model = get_peft_model(fresh_base(path), LoraConfig(r=rank, lora_alpha=32, lora_dropout=0.0,
+                                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                          "gate_proj", "up_proj", "down_proj"]))
+    g = torch.Generator().manual_seed(rank)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.eval()
+    adapter_dir = str(tmp_path / "adapter")
+    model.save_pretrained(adapter_dir)
+    seqs = sequences(model.config.vocab_size)
+    ref = reference(model, seqs)
+    base = reference(fresh_base(path), seqs)
+    assert max_err(ref, base) > 0.05, "the adapter must really change the model"
+    assert max_err(ours(path, seqs, adapter_dir), ref) < TOL
+
+
+@pytest.mark.parametrize("name", ["llama_tied_bias_new", "qwen3_headdim"])
+def test_adapter_saved_here_loads_in_peft(checkpoints, tmp_path, name):
+    path, _ = checkpoints[name]
+    adapter_dir = str(tmp_path / "ours")
+    noregret("adapter", "init", "--model", path, "--rank", "2", "--targets", "all", "--random-b", "0.05",
+             "--seed", "5", "--out", adapter_dir)
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 2 and cfg["lora_alpha"] == 32
+    peft_model = PeftModel.from_pretrained(fresh_base(path), adapter_dir).eval()
+    seqs = sequences(peft_model.config.vocab_size, seed=9)
+    ref = reference(peft_model, seqs)
+    assert max_err(ref, reference(fresh_base(path), seqs)) > 0.05
+    assert max_err(ours(path, seqs, adapter_dir), ref) < TOL
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3rope_old", "qwen2_gqa"])
+def test_merged_export_loads_in_transformers(checkpoints, tmp_path, name):
+    path, _ = checkpoints[name]
+    adapter_dir, merged = str(tmp_path / "adapter"), str(tmp_path / "merged")
+    noregret("adapter", "init", "--model", path, "--rank", "4", "--random-b", "0.05", "--seed", "2", "--out", adapter_dir)
+    noregret("export", "--model", path, "--adapter", adapter_dir, "--merge", "--out", merged)
+    assert os.path.exists(os.path.join(merged, "tokenizer.json"))
+    seqs = sequences(363, seed=4)
+    merged_ref = reference(fresh_base(merged), seqs)
+    peft_ref = reference(PeftModel.from_pretrained(fresh_base(path), adapter_dir).eval(), seqs)
+    assert max_err(merged_ref, reference(fresh_base(path), seqs)) > 0.05, "the adapter must really change the model"
+    assert max_err(merged_ref, peft_ref) < TOL
+    assert max_err(ours(path, seqs, adapter_dir), merged_ref) < TOL
+
+
+def test_lm_head_adapter_round_trip(checkpoints, tmp_path):
+    path, _ = checkpoints["qwen2_gqa"]
+    adapter_dir = str(tmp_path / "head")
+    noregret("adapter", "init", "--model", path, "--rank", "1", "--targets", "q_proj,down_proj,lm_head",
+             "--random-b", "0.05", "--out", adapter_dir)
+    peft_model = PeftModel.from_pretrained(fresh_base(path), adapter_dir).eval()
+    seqs = sequences(peft_model.config.vocab_size, seed=12)
+    assert max_err(ours(path, seqs, adapter_dir), reference(peft_model, seqs)) < TOL
