@@ -20,7 +20,7 @@ pub use cache::KvCache;
 pub use config::{Family, ModelConfig};
 pub use error::{Error, Result};
 pub use generate::{Completion, FinishReason, Generation};
-pub use lora::{Adapter, LoraConfig, LoraRuntime, Module};
+pub use lora::{Adapter, LoraConfig, LoraPacker, LoraRuntime, Module};
 pub use model::Model;
 pub use policy::{parse_device, Policy};
 pub use sampling::SamplingParams;

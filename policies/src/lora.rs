@@ -152,6 +152,7 @@ struct Slot {
 /// handful of ops however many modules are adapted, and its state is exactly 2 × the adapter.
 pub struct Adapter {
     pub config: LoraConfig,
+    num_layers: usize,
     flat: Tensor,
     slots: Vec<Slot>,
     pub layers: Vec<BTreeMap<Module, LoraPair>>,
@@ -163,6 +164,7 @@ impl Adapter {
     /// whatever the base dtype is), with gradients on.
     pub fn init(cfg: &ModelConfig, config: LoraConfig, seed: u64, device: Device) -> Adapter {
         let slots = layout(cfg, &config);
+        let num_layers = cfg.num_layers as usize;
         let total = slots.last().map(|s| s.b_offset + s.b_shape[0] * s.b_shape[1]).unwrap_or(0);
         let mut values = vec![0f32; total as usize];
         let mut rng = SplitMix::new(seed);
@@ -173,7 +175,7 @@ impl Adapter {
                 *v = ((rng.next_f64() * 2.0 - 1.0) * bound) as f32;
             }
         }
-        Self::from_flat(config, slots, Tensor::from_slice(&values).to_device(device))
+        Self::from_flat(config, num_layers, slots, Tensor::from_slice(&values).to_device(device))
     }
 
     /// An adapter with the given tensors (PEFT loading): `tensors` maps (layer, module) to (A, B).
@@ -194,14 +196,13 @@ impl Adapter {
             parts.push(b.to_kind(Kind::Float).reshape([-1]));
         }
         let flat = if parts.is_empty() { Tensor::zeros([0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&parts, 0) };
-        Ok(Self::from_flat(config, slots, flat.to_device(device)))
+        Ok(Self::from_flat(config, cfg.num_layers as usize, slots, flat.to_device(device)))
     }
 
-    fn from_flat(config: LoraConfig, slots: Vec<Slot>, flat: Tensor) -> Adapter {
+    fn from_flat(config: LoraConfig, num_layers: usize, slots: Vec<Slot>, flat: Tensor) -> Adapter {
         let flat = flat.detach().set_requires_grad(true);
         // Views are made with grad mode on, so gradients reach `flat` through them.
         let view = |offset: i64, shape: [i64; 2]| tch::with_grad(|| flat.narrow(0, offset, shape[0] * shape[1]).view(shape));
-        let num_layers = slots.iter().filter_map(|s| s.layer).max().map(|m| m + 1).unwrap_or(0);
         let mut layers: Vec<BTreeMap<Module, LoraPair>> = (0..num_layers).map(|_| BTreeMap::new()).collect();
         let mut lm_head = None;
         for s in &slots {
@@ -213,7 +214,7 @@ impl Adapter {
                 None => lm_head = Some(pair),
             }
         }
-        Adapter { config, flat, slots, layers, lm_head }
+        Adapter { config, num_layers, flat, slots, layers, lm_head }
     }
 
     /// Every A and B with its PEFT key, in a fixed order.
@@ -245,7 +246,7 @@ impl Adapter {
     /// A detached copy (for publishing a snapshot to samplers while training goes on).
     pub fn snapshot(&self) -> Adapter {
         let flat = tch::no_grad(|| self.flat.detach().copy());
-        Self::from_flat(self.config.clone(), self.slots.clone(), flat)
+        Self::from_flat(self.config.clone(), self.num_layers, self.slots.clone(), flat)
     }
 
     /// Replace this adapter's numbers with `other`'s (same layout), e.g. a newer snapshot.
@@ -328,28 +329,7 @@ impl LoraRuntime {
 
     /// Several adapters side by side; call [`LoraRuntime::with_rows`] to say which row uses which.
     pub fn stack(cfg: &ModelConfig, adapters: &[&Adapter], kind: Kind) -> Result<LoraRuntime> {
-        for a in adapters {
-            if a.layers.len() as i64 != cfg.num_layers {
-                return Err(invalid!("adapter has {} layers, model has {}", a.layers.len(), cfg.num_layers));
-            }
-        }
-        let layers = (0..cfg.num_layers as usize)
-            .map(|i| {
-                let mut groups: [Option<PackedGroup>; 4] = Default::default();
-                for (g, modules) in GROUPS.iter().enumerate() {
-                    let pairs: Vec<Vec<Option<(&LoraPair, f64)>>> = adapters
-                        .iter()
-                        .map(|a| modules.iter().map(|m| a.layers[i].get(m).map(|p| (p, a.config.scale()))).collect())
-                        .collect();
-                    groups[g] = pack_group(cfg, modules, &pairs, kind);
-                }
-                groups
-            })
-            .collect();
-        let head_pairs: Vec<Vec<Option<(&LoraPair, f64)>>> =
-            adapters.iter().map(|a| vec![a.lm_head.as_ref().map(|p| (p, a.config.scale()))]).collect();
-        let lm_head = pack_group(cfg, &[Module::LmHead], &head_pairs, kind);
-        Ok(LoraRuntime { layers, lm_head, masks: None, kind })
+        LoraPacker::new(cfg, adapters)?.pack(adapters, kind)
     }
 
     /// Route row b to adapter `rows[b]` (0-based index into the stacked adapters) or to none.
@@ -392,35 +372,132 @@ impl LoraRuntime {
     }
 }
 
-/// Stack the (A, B) pairs of one fused group across adapters. `pairs[k][j]` is adapter k's pair
-/// for `modules[j]` with its scale. Returns None when no adapter targets any module of the group.
-fn pack_group(cfg: &ModelConfig, modules: &[Module], pairs: &[Vec<Option<(&LoraPair, f64)>>], kind: Kind) -> Option<PackedGroup> {
-    let outs: Vec<i64> = modules.iter().map(|m| m.shape(cfg).1).collect();
-    let total_out: i64 = outs.iter().sum();
-    let mut a_rows = Vec::new();
-    let mut b_cols = Vec::new(); // each [total_out, r]
-    let mut owners = Vec::new();
-    for (k, adapter_pairs) in pairs.iter().enumerate() {
-        let mut offset = 0;
-        for (j, entry) in adapter_pairs.iter().enumerate() {
-            if let Some((pair, scale)) = entry {
-                let r = pair.a.size()[0];
-                a_rows.push(pair.a.to_kind(kind));
-                let b = (&pair.b * *scale).to_kind(kind);
-                // Place B's rows at this module's output offset; zeros elsewhere.
-                let device = b.device();
-                let above = Tensor::zeros([offset, r], (kind, device));
-                let below = Tensor::zeros([total_out - offset - outs[j], r], (kind, device));
-                b_cols.push(Tensor::cat(&[above, b, below], 0));
-                owners.extend(std::iter::repeat_n(k as i64 + 1, r as usize));
+/// Where one fused group sits in the packed buffer.
+#[derive(Debug, Clone)]
+struct GroupPlan {
+    a_offset: i64,
+    b_offset: i64,
+    fan_in: i64,
+    rank: i64,
+    fan_out: i64,
+    owners: Vec<i64>,
+}
+
+/// Turns adapters into a [`LoraRuntime`] with three tensor ops, whatever the number of layers:
+/// the stacked A's and block-diagonal B's of every group are one `index_select` from the
+/// adapters' flat buffers (zeros come from an appended 0), times a per-entry scale. Build it once
+/// per set of adapter layouts and call [`LoraPacker::pack`] whenever the numbers change (every
+/// learner step, every published snapshot). Differentiable: gradients flow back to the buffers.
+pub struct LoraPacker {
+    gather: Tensor,
+    scale: Tensor,
+    layers: Vec<[Option<GroupPlan>; 4]>,
+    lm_head: Option<GroupPlan>,
+    /// Flat-buffer sizes of the adapters this packer was planned for.
+    sizes: Vec<i64>,
+}
+
+impl LoraPacker {
+    pub fn new(cfg: &ModelConfig, adapters: &[&Adapter]) -> Result<LoraPacker> {
+        for a in adapters {
+            if a.num_layers != cfg.num_layers as usize {
+                return Err(invalid!("adapter has {} layers, model has {}", a.num_layers, cfg.num_layers));
             }
-            offset += outs[j];
         }
+        let sizes: Vec<i64> = adapters.iter().map(|a| a.flat.numel() as i64).collect();
+        let zero_index: i64 = sizes.iter().sum();
+        let bases: Vec<i64> = sizes.iter().scan(0, |acc, &n| { let b = *acc; *acc += n; Some(b) }).collect();
+        let mut gather: Vec<i64> = Vec::new();
+        let mut scale: Vec<f32> = Vec::new();
+        let mut plan_group = |layer: Option<usize>, modules: &[Module]| -> Option<GroupPlan> {
+            // Columns: for each adapter, for each of its modules in this group, `rank` columns.
+            let mut cols: Vec<(usize, &Slot, i64)> = Vec::new(); // (adapter, slot, row of A)
+            for (k, a) in adapters.iter().enumerate() {
+                for m in modules {
+                    if let Some(slot) = a.slots.iter().find(|s| s.layer == layer && s.module == *m) {
+                        cols.extend((0..slot.a_shape[0]).map(|r| (k, slot, r)));
+                    }
+                }
+            }
+            if cols.is_empty() {
+                return None;
+            }
+            let fan_in = modules[0].shape(cfg).0;
+            let outs: Vec<(Module, i64)> = modules.iter().map(|m| (*m, m.shape(cfg).1)).collect();
+            let fan_out: i64 = outs.iter().map(|(_, o)| o).sum();
+            let rank = cols.len() as i64;
+            let a_offset = gather.len() as i64;
+            // a_t [in, R]: entry (i, c) = A[r, i] of column c's module.
+            for i in 0..fan_in {
+                for &(k, slot, r) in &cols {
+                    gather.push(bases[k] + slot.a_offset + r * fan_in + i);
+                    scale.push(1.0);
+                }
+            }
+            // b_t [R, out]: entry (c, o) = scale·B[o - offset, r] inside c's module block, else 0.
+            let b_offset = gather.len() as i64;
+            for &(k, slot, r) in &cols {
+                let s = adapters[k].config.scale() as f32;
+                let mut start = 0;
+                for &(m, out) in &outs {
+                    for o in 0..out {
+                        if m == slot.module {
+                            gather.push(bases[k] + slot.b_offset + o * slot.b_shape[1] + r);
+                            scale.push(s);
+                        } else {
+                            gather.push(zero_index);
+                            scale.push(0.0);
+                        }
+                    }
+                    start += out;
+                }
+                debug_assert_eq!(start, fan_out);
+            }
+            let owners = cols.iter().map(|&(k, _, _)| k as i64 + 1).collect();
+            Some(GroupPlan { a_offset, b_offset, fan_in, rank, fan_out, owners })
+        };
+        let layers = (0..cfg.num_layers as usize)
+            .map(|i| {
+                let mut groups: [Option<GroupPlan>; 4] = Default::default();
+                for (g, modules) in GROUPS.iter().enumerate() {
+                    groups[g] = plan_group(Some(i), modules);
+                }
+                groups
+            })
+            .collect();
+        let lm_head = plan_group(None, &[Module::LmHead]);
+        let device = adapters.first().map(|a| a.flat.device()).unwrap_or(Device::Cpu);
+        Ok(LoraPacker {
+            gather: Tensor::from_slice(&gather).to_device(device),
+            scale: Tensor::from_slice(&scale).to_device(device),
+            layers,
+            lm_head,
+            sizes,
+        })
     }
-    if a_rows.is_empty() {
-        return None;
+
+    /// Pack the adapters' current numbers (same layouts as at construction) in `kind`.
+    pub fn pack(&self, adapters: &[&Adapter], kind: Kind) -> Result<LoraRuntime> {
+        let sizes: Vec<i64> = adapters.iter().map(|a| a.flat.numel() as i64).collect();
+        if sizes != self.sizes {
+            return Err(invalid!("adapters do not match the packer's layout ({sizes:?} vs {:?})", self.sizes));
+        }
+        let device = self.gather.device();
+        let mut sources: Vec<Tensor> = adapters.iter().map(|a| a.flat.shallow_clone()).collect();
+        sources.push(Tensor::zeros([1], (Kind::Float, device)));
+        let packed = (Tensor::cat(&sources, 0).index_select(0, &self.gather) * &self.scale).to_kind(kind);
+        let group = |p: &GroupPlan| PackedGroup {
+            a_t: packed.narrow(0, p.a_offset, p.fan_in * p.rank).view([p.fan_in, p.rank]),
+            b_t: packed.narrow(0, p.b_offset, p.rank * p.fan_out).view([p.rank, p.fan_out]),
+            owners: p.owners.clone(),
+        };
+        Ok(LoraRuntime {
+            layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(group))).collect(),
+            lm_head: self.lm_head.as_ref().map(group),
+            masks: None,
+            kind,
+        })
     }
-    Some(PackedGroup { a_t: Tensor::cat(&a_rows, 0).tr().contiguous(), b_t: Tensor::cat(&b_cols, 1).tr().contiguous(), owners })
 }
 
 impl LoraRuntime {

@@ -25,6 +25,8 @@ pub enum Command {
     Logprobs(cmd::logprobs::LogprobsArgs),
     /// Measure speed (generation, training steps) on a checkpoint.
     Bench(cmd::bench::BenchArgs),
+    /// Read {"gold", "response"} lines on stdin; write {"correct", "extracted"} lines.
+    Verify(cmd::verify::VerifyArgs),
     /// Create LoRA adapters.
     Adapter(cmd::adapter::AdapterArgs),
     /// Merge an adapter into its base model and write a Hugging Face checkpoint.
@@ -90,5 +92,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Adapter(args) => cmd::adapter::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
     }
 }

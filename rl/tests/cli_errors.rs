@@ -137,3 +137,18 @@ fn logprobs_output_has_one_line_per_input() {
     assert_eq!(lines[0]["logprobs"].as_array().unwrap().len(), 2);
     assert_eq!(lines[1]["logprobs"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn verify_grades_lines_in_order_and_names_a_bad_line() {
+    let input = "{\"gold\": \"42\", \"response\": \"so the answer is \\\\boxed{42}\", \"id\": 7}\n{\"gold\": \"1/2\", \"response\": \"#### 0.5\"}\n{\"gold\": \"3\", \"response\": \"no idea\"}\n";
+    let out = noregret(&["verify"], input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0], json!({"correct": true, "extracted": "42"}));
+    assert_eq!(lines[1]["correct"], json!(true));
+    assert_eq!(lines[2]["correct"], json!(false));
+    let err = fails(&noregret(&["verify"], "{\"gold\": \"1\", \"response\": \"1\"}\n{\"gold\": 5}\n"));
+    assert!(err.contains("line 2"), "{err}");
+}

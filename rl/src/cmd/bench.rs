@@ -20,6 +20,23 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// Sampled tokens/s: B random prompts of P tokens, exactly T new tokens each (no eos stop).
     Generate(GenerateBench),
+    /// One policy-gradient learner step: forward, log-softmax, backward, AdamW.
+    TrainStep(TrainStepBench),
+}
+
+#[derive(Args)]
+pub struct TrainStepBench {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 16)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 96)]
+    pub seq_len: i64,
+    /// Adapter rank on all linear layers; 0 trains every weight (full fine-tuning).
+    #[arg(long, default_value_t = 2)]
+    pub lora_rank: i64,
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 #[derive(Args)]
@@ -43,6 +60,7 @@ pub struct GenerateBench {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchKind::Generate(g) => generate(g),
+        BenchKind::TrainStep(t) => train_step(t),
     }
 }
 
@@ -102,4 +120,52 @@ fn generate(args: GenerateBench) -> Result<()> {
         }));
     }
     Ok(())
+}
+
+fn train_step(args: TrainStepBench) -> Result<()> {
+    let mut policy = args.model.load()?;
+    let cfg = policy.model.config.clone();
+    let device = policy.model.device();
+    let adapter = if args.lora_rank > 0 { Some(busy_adapter(&cfg, args.lora_rank, device)?) } else { None };
+    let params = match &adapter {
+        Some(a) => a.parameters(),
+        None => policy.model.full_parameters(),
+    };
+    let trainable: usize = params.iter().map(Tensor::numel).sum();
+    let mut opt = crate::optim::AdamW::new(params, crate::optim::AdamWConfig::default());
+    tch::manual_seed(0);
+    let tokens = Tensor::randint_low(4, cfg.vocab_size, [args.batch, args.seq_len], (Kind::Int64, device));
+    let advantages = Tensor::randn([args.batch, 1], (Kind::Float, device));
+    let model = &policy.model;
+    let packer = adapter.as_ref().map(|a| policies::LoraPacker::new(&cfg, &[a])).transpose()?;
+    let (median, times) = median_seconds(args.runs, || {
+        let lora = match (&packer, &adapter) {
+            (Some(p), Some(a)) => Some(p.pack(&[a], model.kind())?),
+            _ => None,
+        };
+        let logp = model.token_logprobs(&tokens, lora.as_ref());
+        let loss = -(&advantages * logp).mean(Kind::Float);
+        loss.backward();
+        opt.step();
+        opt.zero_grad();
+        Ok(())
+    })?;
+    println!("{}", json!({
+        "bench": "train_step", "impl": "noregret", "model": policy.dir, "batch": args.batch, "seq_len": args.seq_len,
+        "lora_rank": args.lora_rank, "trainable": trainable, "optimizer_state": opt.state_numel(),
+        "threads": tch::get_num_threads(), "median_s": median, "times_s": times,
+        "tok_per_s": (args.batch * args.seq_len) as f64 / median, "peak_rss_mib": peak_rss_mib(),
+    }));
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }

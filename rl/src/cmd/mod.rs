@@ -6,3 +6,4 @@ pub mod export;
 pub mod init_model;
 pub mod logprobs;
 pub mod sample;
+pub mod verify;

@@ -1,0 +1,108 @@
+"""noregret's benchmarks, each beside its Python peer in the same run, as one Markdown report.
+
+  python bench/run_bench.py [--only generate,lora,train] [--workdir DIR] [--threads 2]
+
+Needs the release binary (NOREGRET_BIN, default target/release/noregret) and the venv with torch,
+transformers and peft. Models are made locally (bench/make_model.py); nothing is downloaded.
+Results: the Markdown tables on stdout, raw JSON lines in WORKDIR/results.jsonl.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BIN = os.environ.get("NOREGRET_BIN", os.path.join(ROOT, "target", "release", "noregret"))
+PY = sys.executable
+# Matmul FLOPs per token: every linear weight (the embedding lookup is not a matmul).
+MATMUL_PARAMS = {"tiny": 832_512, "small": 25_350_144}
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def ours(threads, *args):
+    return run([BIN, "--threads", str(threads), "bench", *args])
+
+
+def peer(threads, *args):
+    return run([PY, os.path.join(HERE, "peer.py"), "--threads", str(threads), *args])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="generate,lora,train")
+    ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    parts, th, runs = args.only.split(","), args.threads, str(args.runs)
+    models = {}
+    for preset in ("tiny", "small"):
+        models[preset] = os.path.join(args.workdir, preset)
+        if not os.path.exists(os.path.join(models[preset], "model.safetensors")):
+            subprocess.run([PY, os.path.join(HERE, "make_model.py"), "--out", models[preset], "--preset", preset], check=True,
+                           capture_output=True)
+    rows = []
+    ceiling = max(r["gflops"] for r in peer(th, "ceiling"))
+    print(f"matmul ceiling (float32 mm, {th} threads): {ceiling:.0f} GFLOP/s\n")
+
+    if "generate" in parts:
+        print("### Generation: small preset, prompt 32, 64 new tokens, pure sampling\n")
+        print("| batch | noregret tok/s | HF generate tok/s | ratio | noregret GFLOP/s (new tokens) | % of matmul ceiling | incl. prefill |")
+        print("|---|---|---|---|---|---|---|")
+        mine = ours(th, "generate", "--model", models["small"], "--runs", runs)
+        hf = peer(th, "generate", "--model", models["small"], "--runs", runs)
+        for a, b in zip(mine, hf):
+            gf = a["tok_per_s"] * 2 * MATMUL_PARAMS["small"] / 1e9
+            gf_all = gf * (32 + 64) / 64
+            print(f"| {a['batch']} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {a['tok_per_s'] / b['tok_per_s']:.2f}x | "
+                  f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {100 * gf_all / ceiling:.0f}% |")
+        rows += mine + hf
+        print()
+
+    if "lora" in parts:
+        print("### LoRA rank 2 on all linear layers: sampling cost (small preset)\n")
+        print("| batch | noregret no adapter | noregret r=2 | slowdown | HF no adapter | peft r=2 | peft slowdown |")
+        print("|---|---|---|---|---|---|---|")
+        base = ours(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64")
+        lora = ours(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64", "--lora-rank", "2")
+        hf = peer(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64")
+        hf_lora = peer(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64", "--lora-rank", "2")
+        for a, b, c, d in zip(base, lora, hf, hf_lora):
+            print(f"| {a['batch']} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {100 * (1 - b['tok_per_s'] / a['tok_per_s']):.0f}% | "
+                  f"{c['tok_per_s']:.0f} | {d['tok_per_s']:.0f} | {100 * (1 - d['tok_per_s'] / c['tok_per_s']):.0f}% |")
+        rows += base + lora + hf + hf_lora
+        print()
+
+    if "train" in parts:
+        print("### Learner step: batch 16 x 96 tokens, forward + backward + AdamW\n")
+        print("| model | mode | noregret tok/s | PyTorch+peft tok/s | ratio | noregret GFLOP/s | % of ceiling | peak RSS noregret / peer (MiB) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for preset in ("tiny", "small"):
+            for rank in ("2", "0"):
+                a = ours(th, "train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)[0]
+                b = peer(th, "train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)[0]
+                # FLOPs per token: forward 2N + input-gradients 2N (+ weight gradients 2N in full FT).
+                per_token = (4 if rank != "0" else 6) * MATMUL_PARAMS[preset]
+                gf = a["tok_per_s"] * per_token / 1e9
+                mode = f"LoRA r={rank}" if rank != "0" else "full FT"
+                print(f"| {preset} | {mode} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {a['tok_per_s'] / b['tok_per_s']:.2f}x | "
+                      f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} |")
+                rows += [a, b]
+        print()
+
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "results.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
