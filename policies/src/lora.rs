@@ -29,6 +29,8 @@ pub enum Module {
     Up,
     Down,
     LmHead,
+    /// The token embedding (PEFT's `lora_embedding_A/B`): the "input" is a one-hot token.
+    Embed,
 }
 
 impl Module {
@@ -46,20 +48,21 @@ impl Module {
             Module::Up => "up_proj",
             Module::Down => "down_proj",
             Module::LmHead => "lm_head",
+            Module::Embed => "embed_tokens",
         }
     }
 
-    /// Parent path inside a decoder layer (`self_attn` or `mlp`); None for lm_head.
+    /// Parent path inside a decoder layer (`self_attn` or `mlp`); None for lm_head and embed_tokens.
     pub fn block(self) -> Option<&'static str> {
         match self {
             Module::Q | Module::K | Module::V | Module::O => Some("self_attn"),
             Module::Gate | Module::Up | Module::Down => Some("mlp"),
-            Module::LmHead => None,
+            Module::LmHead | Module::Embed => None,
         }
     }
 
     pub fn from_hf_name(name: &str) -> Option<Module> {
-        let all = Module::LAYER_MODULES.iter().chain(std::iter::once(&Module::LmHead));
+        let all = Module::LAYER_MODULES.iter().chain(&[Module::LmHead, Module::Embed]);
         all.copied().find(|m| m.hf_name() == name)
     }
 
@@ -73,6 +76,7 @@ impl Module {
             Module::Gate | Module::Up => (h, cfg.intermediate_size),
             Module::Down => (cfg.intermediate_size, h),
             Module::LmHead => (h, cfg.vocab_size),
+            Module::Embed => (cfg.vocab_size, h),
         }
     }
 }
@@ -89,7 +93,7 @@ pub fn parse_targets(spec: &str) -> Result<Vec<Module>> {
             .split(',')
             .map(|s| {
                 Module::from_hf_name(s.trim()).ok_or_else(|| {
-                    invalid!("unknown LoRA target {:?} (expected all, attn, mlp or names such as q_proj, down_proj, lm_head)", s.trim())
+                    invalid!("unknown LoRA target {:?} (expected all, attn, mlp or names such as q_proj, down_proj, lm_head, embed_tokens)", s.trim())
                 })
             })
             .collect::<Result<Vec<_>>>()?,
@@ -136,7 +140,7 @@ pub struct LoraPair {
     pub b: Tensor,
 }
 
-/// Where each (layer, module) pair lives in the flat buffer. `None` layer means lm_head.
+/// Where each (layer, module) pair lives in the flat buffer. `None` layer: lm_head or embed_tokens.
 #[derive(Debug, Clone)]
 struct Slot {
     layer: Option<usize>,
@@ -157,6 +161,7 @@ pub struct Adapter {
     slots: Vec<Slot>,
     pub layers: Vec<BTreeMap<Module, LoraPair>>,
     pub lm_head: Option<LoraPair>,
+    pub embed: Option<LoraPair>,
 }
 
 impl Adapter {
@@ -204,17 +209,18 @@ impl Adapter {
         // Views are made with grad mode on, so gradients reach `flat` through them.
         let view = |offset: i64, shape: [i64; 2]| tch::with_grad(|| flat.narrow(0, offset, shape[0] * shape[1]).view(shape));
         let mut layers: Vec<BTreeMap<Module, LoraPair>> = (0..num_layers).map(|_| BTreeMap::new()).collect();
-        let mut lm_head = None;
+        let (mut lm_head, mut embed) = (None, None);
         for s in &slots {
             let pair = LoraPair { a: view(s.a_offset, s.a_shape), b: view(s.b_offset, s.b_shape) };
             match s.layer {
                 Some(i) => {
                     layers[i].insert(s.module, pair);
                 }
+                None if s.module == Module::Embed => embed = Some(pair),
                 None => lm_head = Some(pair),
             }
         }
-        Adapter { config, num_layers, flat, slots, layers, lm_head }
+        Adapter { config, num_layers, flat, slots, layers, lm_head, embed }
     }
 
     /// Every A and B with its PEFT key, in a fixed order.
@@ -230,6 +236,10 @@ impl Adapter {
         if let Some(pair) = &self.lm_head {
             out.push(("base_model.model.lm_head.lora_A.weight".into(), &pair.a));
             out.push(("base_model.model.lm_head.lora_B.weight".into(), &pair.b));
+        }
+        if let Some(pair) = &self.embed {
+            out.push(("base_model.model.model.embed_tokens.lora_embedding_A".into(), &pair.a));
+            out.push(("base_model.model.model.embed_tokens.lora_embedding_B".into(), &pair.b));
         }
         out
     }
@@ -264,13 +274,14 @@ impl Adapter {
     pub fn delta(&self, layer: Option<usize>, m: Module) -> Option<Tensor> {
         let pair = match layer {
             Some(i) => self.layers.get(i)?.get(&m)?,
+            None if m == Module::Embed => self.embed.as_ref()?,
             None => self.lm_head.as_ref()?,
         };
         Some(pair.b.detach().matmul(&pair.a.detach()) * self.config.scale())
     }
 }
 
-/// Flat-buffer positions of every targeted module, layer by layer, then lm_head.
+/// Flat-buffer positions of every targeted module, layer by layer, then lm_head, then embed_tokens.
 fn layout(cfg: &ModelConfig, config: &LoraConfig) -> Vec<Slot> {
     let r = config.rank;
     let mut slots = Vec::new();
@@ -290,6 +301,9 @@ fn layout(cfg: &ModelConfig, config: &LoraConfig) -> Vec<Slot> {
     if config.targets.contains(&Module::LmHead) {
         push(None, Module::LmHead);
     }
+    if config.targets.contains(&Module::Embed) {
+        push(None, Module::Embed);
+    }
     slots
 }
 
@@ -300,6 +314,10 @@ pub const GROUP_QKV: usize = 0;
 pub const GROUP_O: usize = 1;
 pub const GROUP_GATE_UP: usize = 2;
 pub const GROUP_DOWN: usize = 3;
+/// Groups outside the layers.
+pub const OUTER_HEAD: usize = 0;
+pub const OUTER_EMBED: usize = 1;
+const OUTER_MODULES: [Module; 2] = [Module::LmHead, Module::Embed];
 
 /// One fused group's low-rank factors for the forward pass: delta = ((x·Aᵀ) ⊙ mask)·Bᵀ.
 pub struct PackedGroup {
@@ -314,9 +332,10 @@ pub struct PackedGroup {
 /// Adapters ready for the forward pass: one or several, and which rows use which.
 pub struct LoraRuntime {
     pub(crate) layers: Vec<[Option<PackedGroup>; 4]>,
-    pub(crate) lm_head: Option<PackedGroup>,
+    /// lm_head and embed_tokens (indexed by OUTER_HEAD / OUTER_EMBED).
+    pub(crate) outer: [Option<PackedGroup>; 2],
     /// Per group, [rows, R] 0/1 masks; None when every row uses the single adapter.
-    pub(crate) masks: Option<(Vec<[Option<Tensor>; 4]>, Option<Tensor>)>,
+    pub(crate) masks: Option<(Vec<[Option<Tensor>; 4]>, [Option<Tensor>; 2])>,
     kind: Kind,
 }
 
@@ -343,23 +362,35 @@ impl LoraRuntime {
             Tensor::from_slice(&m).reshape([slots.len() as i64, g.owners.len() as i64]).to_kind(self.kind).to_device(device)
         };
         let layer_masks = self.layers.iter().map(|groups| groups.each_ref().map(|g| g.as_ref().map(&mask))).collect();
-        let head_mask = self.lm_head.as_ref().map(&mask);
-        self.masks = Some((layer_masks, head_mask));
+        let outer_masks = self.outer.each_ref().map(|g| g.as_ref().map(&mask));
+        self.masks = Some((layer_masks, outer_masks));
         self
     }
 
+    fn group(&self, layer: Option<usize>, group: usize) -> (Option<&PackedGroup>, Option<&Tensor>) {
+        match layer {
+            Some(i) => (self.layers[i][group].as_ref(), self.masks.as_ref().and_then(|(m, _)| m[i][group].as_ref())),
+            None => (self.outer[group].as_ref(), self.masks.as_ref().and_then(|(_, o)| o[group].as_ref())),
+        }
+    }
+
     /// Add the group's low-rank update to `y` (= x·Wᵀ), with x [N, in] and y [N, out], where the
-    /// N rows are `rows` batch rows of `n / rows` tokens each.
+    /// N rows are `rows` batch rows of `n / rows` tokens each. `layer` None means an outer group.
     pub(crate) fn apply(&self, layer: Option<usize>, group: usize, x: &Tensor, y: Tensor, rows: i64) -> Tensor {
-        let (packed, mask) = match layer {
-            Some(i) => (
-                self.layers[i][group].as_ref(),
-                self.masks.as_ref().and_then(|(m, _)| m[i][group].as_ref()),
-            ),
-            None => (self.lm_head.as_ref(), self.masks.as_ref().and_then(|(_, h)| h.as_ref())),
-        };
+        let (packed, mask) = self.group(layer, group);
         let Some(p) = packed else { return y };
-        let xa = x.matmul(&p.a_t);
+        Self::add_update(x.matmul(&p.a_t), p, mask, y, rows)
+    }
+
+    /// Add the embedding adapter's update to `x` (= embed[tokens], [N, H]): A's column for each
+    /// token, then B, like a linear layer whose input is a one-hot vector.
+    pub(crate) fn apply_embed(&self, tokens: &Tensor, x: Tensor, rows: i64) -> Tensor {
+        let (packed, mask) = self.group(None, OUTER_EMBED);
+        let Some(p) = packed else { return x };
+        Self::add_update(p.a_t.index_select(0, tokens), p, mask, x, rows)
+    }
+
+    fn add_update(xa: Tensor, p: &PackedGroup, mask: Option<&Tensor>, y: Tensor, rows: i64) -> Tensor {
         let xa = match mask {
             // Rows are batch rows of equal token count: broadcast each row's mask over its tokens.
             Some(m) => {
@@ -392,7 +423,7 @@ pub struct LoraPacker {
     gather: Tensor,
     scale: Tensor,
     layers: Vec<[Option<GroupPlan>; 4]>,
-    lm_head: Option<GroupPlan>,
+    outer: [Option<GroupPlan>; 2],
     /// Flat-buffer sizes of the adapters this packer was planned for.
     sizes: Vec<i64>,
 }
@@ -465,13 +496,13 @@ impl LoraPacker {
                 groups
             })
             .collect();
-        let lm_head = plan_group(None, &[Module::LmHead]);
+        let outer = OUTER_MODULES.map(|m| plan_group(None, &[m]));
         let device = adapters.first().map(|a| a.flat.device()).unwrap_or(Device::Cpu);
         Ok(LoraPacker {
             gather: Tensor::from_slice(&gather).to_device(device),
             scale: Tensor::from_slice(&scale).to_device(device),
             layers,
-            lm_head,
+            outer,
             sizes,
         })
     }
@@ -493,7 +524,7 @@ impl LoraPacker {
         };
         Ok(LoraRuntime {
             layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(group))).collect(),
-            lm_head: self.lm_head.as_ref().map(group),
+            outer: self.outer.each_ref().map(|g| g.as_ref().map(group)),
             masks: None,
             kind,
         })
@@ -510,9 +541,9 @@ impl LoraRuntime {
         let share = |g: &PackedGroup| PackedGroup { a_t: g.a_t.shallow_clone(), b_t: g.b_t.shallow_clone(), owners: g.owners.clone() };
         LoraRuntime {
             layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(share))).collect(),
-            lm_head: self.lm_head.as_ref().map(share),
-            masks: self.masks.as_ref().map(|(layers, head)| {
-                (layers.iter().map(|ms| ms.each_ref().map(|m| m.as_ref().map(pick))).collect(), head.as_ref().map(pick))
+            outer: self.outer.each_ref().map(|g| g.as_ref().map(share)),
+            masks: self.masks.as_ref().map(|(layers, outer)| {
+                (layers.iter().map(|ms| ms.each_ref().map(|m| m.as_ref().map(pick))).collect(), outer.each_ref().map(|m| m.as_ref().map(pick)))
             }),
             kind: self.kind,
         }

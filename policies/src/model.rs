@@ -202,7 +202,7 @@ impl Model {
         let rows = if size.len() == 3 { size[0] } else { x.size()[0] };
         let mut y = x.mm(&self.lm_head);
         if let Some(l) = lora {
-            y = l.apply(None, 0, &x, y, rows);
+            y = l.apply(None, crate::lora::OUTER_HEAD, &x, y, rows);
         }
         let mut out = size[..size.len() - 1].to_vec();
         out.push(self.config.vocab_size);
@@ -220,7 +220,11 @@ impl Model {
     fn run(&self, tokens: &Tensor, positions: &Tensor, mut attention: Attention<'_>, lora: Option<&LoraRuntime>) -> Tensor {
         let (b, t) = (tokens.size()[0], tokens.size()[1]);
         let (cos, sin) = self.rope.tables(positions);
-        let mut x = self.embed.index_select(0, &tokens.reshape([-1])); // [B·T, H]
+        let flat_tokens = tokens.reshape([-1]);
+        let mut x = self.embed.index_select(0, &flat_tokens); // [B·T, H]
+        if let Some(l) = lora {
+            x = l.apply_embed(&flat_tokens, x, b);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer(i, layer, &x, b, t, &cos, &sin, &mut attention, lora);
         }
@@ -364,11 +368,19 @@ impl Model {
                     Module::Gate => (&layer.gate_up, 0),
                     Module::Up => (&layer.gate_up, i),
                     Module::Down => (&layer.down, 0),
-                    Module::LmHead => unreachable!("not a layer module"),
+                    Module::LmHead | Module::Embed => unreachable!("not a layer module"),
                 };
                 let rows = delta.size()[0];
                 let _ = target.narrow(1, offset, rows).g_add_(&delta.tr().to_kind(self.kind).to_device(self.device));
             }
+        }
+        if let Some(delta) = adapter.delta(None, Module::Embed) {
+            if self.config.tie_word_embeddings {
+                return Err(crate::invalid!(
+                    "cannot merge an embed_tokens adapter into a model with tied embeddings (the head would change too)"
+                ));
+            }
+            let _ = self.embed.g_add_(&delta.tr().to_kind(self.kind).to_device(self.device));
         }
         if let Some(delta) = adapter.delta(None, Module::LmHead) {
             if self.config.tie_word_embeddings {

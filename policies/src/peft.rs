@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use crate::config::ModelConfig;
 use crate::error::{read_json, Error, Result};
 use crate::init::write_json;
 use crate::lora::{Adapter, LoraConfig, Module};
+use crate::model::Model;
 use crate::weights::{save_safetensors, WeightStore};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -40,7 +40,12 @@ pub fn save(adapter: &Adapter, dir: &Path, base_model: &str) -> Result<()> {
 
 /// Load a PEFT LoRA adapter for a model with config `cfg`. Anything this crate cannot apply
 /// exactly (DoRA, per-module ranks, extra trained modules, biases) is refused, not ignored.
-pub fn load(dir: &Path, cfg: &ModelConfig, device: Device) -> Result<Adapter> {
+///
+/// PEFT also saves the base embedding (`embed_tokens.base_layer.weight`) when an adapter targets
+/// it; such copies are checked against `model` and refused if they differ (a resized or trained
+/// embedding cannot be applied as a low-rank update).
+pub fn load(dir: &Path, model: &Model) -> Result<Adapter> {
+    let (cfg, device) = (&model.config, model.device());
     if !dir.is_dir() {
         return Err(Error::bad_file(dir, "adapter directory not found"));
     }
@@ -75,9 +80,23 @@ pub fn load(dir: &Path, cfg: &ModelConfig, device: Device) -> Result<Adapter> {
     }
     let store = WeightStore::open_files(&[weights_path.clone()])?;
     let mut pairs: BTreeMap<(Option<usize>, Module), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
-    for name in store.names().map(str::to_string).collect::<Vec<_>>() {
+    let mut names: Vec<String> = store.names().map(str::to_string).collect();
+    names.sort();
+    let base_weights = model.named_weights();
+    for name in names {
+        if let Some(base_name) = name.strip_prefix("base_model.model.").and_then(|n| n.strip_suffix(".base_layer.weight")) {
+            let base_name = format!("{base_name}.weight");
+            let same = base_weights.iter().find(|(n, _)| *n == base_name).is_some_and(|(_, w)| {
+                let shape = store.shape(&name).unwrap_or_default();
+                store.load(&name, &shape, Kind::Float, device).is_ok_and(|t| t.equal(&w.to_kind(Kind::Float)))
+            });
+            if !same {
+                return Err(Error::bad_file(&weights_path, format!("{name:?} differs from the base model's {base_name} (modified base weights are not supported)")));
+            }
+            continue;
+        }
         let (key, is_a) = parse_key(&name).ok_or_else(|| {
-            Error::bad_file(&weights_path, format!("unsupported tensor {name:?} (only lora_A/lora_B of linear layers)"))
+            Error::bad_file(&weights_path, format!("unsupported tensor {name:?} (only LoRA A/B of linear layers and embed_tokens)"))
         })?;
         if let (Some(layer), _) = key {
             if layer as i64 >= cfg.num_layers {
@@ -115,6 +134,13 @@ pub fn load(dir: &Path, cfg: &ModelConfig, device: Device) -> Result<Adapter> {
 /// `base_model.model.lm_head.lora_{A,B}.weight` → ((layer, module), is_a).
 fn parse_key(name: &str) -> Option<((Option<usize>, Module), bool)> {
     let rest = name.strip_prefix("base_model.model.")?;
+    if let Some(which) = rest.strip_prefix("model.embed_tokens.lora_embedding_") {
+        return match which.strip_suffix(".default").unwrap_or(which) {
+            "A" => Some(((None, Module::Embed), true)),
+            "B" => Some(((None, Module::Embed), false)),
+            _ => None,
+        };
+    }
     let rest = rest.strip_suffix(".weight")?;
     let rest = rest.strip_suffix(".default").unwrap_or(rest);
     let (path, is_a) = if let Some(p) = rest.strip_suffix(".lora_A") {
@@ -153,6 +179,7 @@ mod tests {
             Some(((Some(0), Module::Q), false))
         );
         assert_eq!(parse_key("base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"), None);
-        assert_eq!(parse_key("base_model.model.model.embed_tokens.lora_embedding_A"), None);
+        assert_eq!(parse_key("base_model.model.model.embed_tokens.lora_embedding_A"), Some(((None, Module::Embed), true)));
+        assert_eq!(parse_key("base_model.model.model.embed_tokens.weight"), None);
     }
 }

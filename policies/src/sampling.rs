@@ -85,3 +85,64 @@ pub fn choose(logits: &Tensor, params: &SamplingParams, rngs: &mut [SplitMix]) -
     let chosen = logp.gather(1, &tokens, false);
     (tokens.squeeze_dim(1), chosen.squeeze_dim(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Tensor {
+        Tensor::from_slice(&[2.0f32, 1.0, 0.5, -1.0, 0.0, 1.5]).view([1, 6])
+    }
+
+    fn draw(params: &SamplingParams, n: usize) -> Vec<(i64, f32)> {
+        let mut rngs = vec![SplitMix::new(params.seed)];
+        (0..n)
+            .map(|_| {
+                let (t, lp) = choose(&logits(), params, &mut rngs);
+                (t.int64_value(&[0]), lp.double_value(&[0]) as f32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_greedy() {
+        let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+        let (g, _) = draw(&greedy, 1)[0];
+        assert_eq!(g, 0);
+        for params in [SamplingParams { top_k: 1, ..Default::default() }, SamplingParams { top_p: 0.01, ..Default::default() }] {
+            for (t, lp) in draw(&params, 20) {
+                assert_eq!(t, 0);
+                assert!(lp.abs() < 1e-6, "a one-token distribution has log-prob 0, got {lp}");
+            }
+        }
+    }
+
+    #[test]
+    fn behaviour_logprob_is_under_the_truncated_tempered_distribution() {
+        let params = SamplingParams { temperature: 0.7, top_k: 3, seed: 4, ..Default::default() };
+        let z = logits() / 0.7;
+        let kept = [0i64, 1, 5]; // the three largest logits
+        let norm: f64 = kept.iter().map(|&i| z.double_value(&[0, i]).exp()).sum();
+        for (t, lp) in draw(&params, 200) {
+            assert!(kept.contains(&t), "top-k let through token {t}");
+            let expect = z.double_value(&[0, t]) - norm.ln();
+            assert!((lp as f64 - expect).abs() < 1e-5, "{lp} vs {expect}");
+        }
+    }
+
+    #[test]
+    fn frequencies_follow_the_distribution() {
+        let params = SamplingParams { seed: 1, ..Default::default() };
+        let n = 20000;
+        let mut counts = [0usize; 6];
+        for (t, _) in draw(&params, n) {
+            counts[t as usize] += 1;
+        }
+        let probs = logits().softmax(-1, Kind::Float);
+        for (i, &c) in counts.iter().enumerate() {
+            let p = probs.double_value(&[0, i as i64]);
+            let freq = c as f64 / n as f64;
+            assert!((freq - p).abs() < 0.015, "token {i}: {freq} vs {p}");
+        }
+    }
+}

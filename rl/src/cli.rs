@@ -71,7 +71,7 @@ impl ModelArgs {
         let lora = match &self.adapter {
             Some(dir) => {
                 let model = &policy.model;
-                let adapter = policies::peft::load(dir, &model.config, model.device())?;
+                let adapter = policies::peft::load(dir, model)?;
                 Some(tch::no_grad(|| policies::LoraRuntime::single(&model.config, &adapter, model.kind()))?)
             }
             None => None,

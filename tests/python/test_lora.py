@@ -103,3 +103,26 @@ def test_lm_head_adapter_round_trip(checkpoints, tmp_path):
     peft_model = PeftModel.from_pretrained(fresh_base(path), adapter_dir).eval()
     seqs = sequences(peft_model.config.vocab_size, seed=12)
     assert max_err(ours(path, seqs, adapter_dir), reference(peft_model, seqs)) < TOL
+
+
+def test_embedding_adapter_both_ways(checkpoints, tmp_path):
+    path, _ = checkpoints["llama_gqa_llama3rope_old"]
+    model = get_peft_model(fresh_base(path), LoraConfig(r=2, lora_alpha=32, lora_dropout=0.0,
+                                                          target_modules=["embed_tokens", "v_proj", "lm_head"]))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.eval()
+    peft_dir = str(tmp_path / "peft")
+    model.save_pretrained(peft_dir)
+    seqs = sequences(model.config.vocab_size, seed=21)
+    ref = reference(model, seqs)
+    assert max_err(ref, reference(fresh_base(path), seqs)) > 0.05
+    assert max_err(ours(path, seqs, peft_dir), ref) < TOL
+    ours_dir = str(tmp_path / "ours")
+    noregret("adapter", "init", "--model", path, "--rank", "1", "--targets", "embed_tokens,o_proj", "--random-b", "0.05",
+             "--out", ours_dir)
+    loaded = PeftModel.from_pretrained(fresh_base(path), ours_dir).eval()
+    assert max_err(ours(path, seqs, ours_dir), reference(loaded, seqs)) < TOL

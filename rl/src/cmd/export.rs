@@ -31,7 +31,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         "--out must differ from --model (the base checkpoint is never overwritten)"
     );
     let mut policy = args.model.load()?;
-    let adapter = policies::peft::load(&adapter_dir, &policy.model.config, policy.model.device())?;
+    let adapter = policies::peft::load(&adapter_dir, &policy.model)?;
     if !args.merge {
         policies::peft::save(&adapter, &args.out, &policy.dir.display().to_string())?;
         eprintln!("wrote adapter to {}", args.out.display());
