@@ -60,7 +60,7 @@ enum Attention<'a> {
     /// A fresh batch from position 0: plain causal attention (training, scoring).
     Causal,
     /// Extend cached rows: write new keys at `write_index`, attend over the first `kv_len`
-    /// positions with the additive `bias` [B, 1, T·group, kv_len] (0 or -inf).
+    /// positions with the additive `bias` [B·kv_heads, T·group, kv_len] (0 or -inf).
     Cached { cache: &'a mut KvCache, write_index: Tensor, bias: Tensor, kv_len: i64 },
 }
 
@@ -186,9 +186,9 @@ impl Model {
         let visible = keys.view([1, 1, 1, 1, kv_len]).le_tensor(&positions.view([b, 1, t, 1, 1]));
         let (kvh, hd) = (self.config.num_kv_heads, self.config.head_dim);
         let group = self.config.num_heads / kvh;
-        let bias = Tensor::zeros([b, 1, t, group, kv_len], (self.kind, self.device))
+        let bias = Tensor::zeros([b, kvh, t, group, kv_len], (self.kind, self.device))
             .masked_fill(&visible.logical_not(), f64::NEG_INFINITY)
-            .view([b, 1, t * group, kv_len]);
+            .view([b * kvh, t * group, kv_len]);
         let write_index = positions.view([b, 1, t, 1]).expand([b, kvh, t, hd], false).contiguous();
         let hidden = self.run(tokens, &positions, Attention::Cached { cache: &mut *cache, write_index, bias, kv_len }, lora);
         cache.advance(counts);
@@ -236,16 +236,21 @@ impl Model {
              attention: &mut Attention<'_>, lora: Option<&LoraRuntime>) -> Tensor {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let project = |x: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| {
-            let y = match bias {
-                Some(bias) => bias.addmm(x, w),
-                None => x.mm(w),
+        // x·W (+ bias) (+ the adapter's update), added onto `onto` when given (the residual
+        // stream): one addmm instead of a matmul and an add.
+        let project_onto = |onto: Option<&Tensor>, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| {
+            let y = match (onto, bias) {
+                (Some(r), None) => r.addmm(x, w),
+                (Some(r), Some(bias)) => (r + bias).addmm(x, w),
+                (None, Some(bias)) => bias.addmm(x, w),
+                (None, None) => x.mm(w),
             };
             match lora {
                 Some(l) => l.apply(Some(i), group, x, y, b),
                 None => y,
             }
         };
+        let project = |x: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| project_onto(None, x, w, bias, group);
 
         let h = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
         let qkv = project(&h, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV).view([b, t, nh + 2 * nkv, hd]);
@@ -274,13 +279,13 @@ impl Model {
                 grouped_attention(&q, &keys, &values, bias, nkv)
             }
         };
-        let x = x + project(&attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
+        let x = project_onto(Some(x), &attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
 
         let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps);
         let gu = project(&h, &layer.gate_up, layer.gate_up_bias.as_ref(), GROUP_GATE_UP);
         let gu = gu.chunk(2, 1);
         let act = gu[0].silu() * &gu[1];
-        x + project(&act, &layer.down, layer.down_bias.as_ref(), GROUP_DOWN)
+        project_onto(Some(&x), &act, &layer.down, layer.down_bias.as_ref(), GROUP_DOWN)
     }
 
     /// Every base weight under its HF name, with fused tensors split back (for export and for
@@ -396,21 +401,42 @@ impl Model {
 }
 
 /// Attention of queries q [B, T, heads, hd] over cached keys/values [B, kv_heads, L, hd], with
-/// the query heads that share a kv head batched together (no copies of K and V per head).
-/// Returns [B·T, heads·hd].
+/// the query heads that share a kv head batched together (no copies of K and V per head). `bias`
+/// is [B·kv_heads, T·group, L]: scores, scale and mask are one `baddbmm`. Returns [B·T, heads·hd].
 fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor, kv_heads: i64) -> Tensor {
     let size = q.size();
     let (b, t, heads, hd) = (size[0], size[1], size[2], size[3]);
     let group = heads / kv_heads;
-    let q = q.reshape([b, t, kv_heads, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b, kv_heads, t * group, hd]);
-    let scores = q.matmul(&keys.transpose(2, 3)) * (1.0 / (hd as f64).sqrt()) + bias;
-    let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-    probs.matmul(values).view([b, kv_heads, t, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b * t, heads * hd])
+    let len = keys.size()[2];
+    // [B, T, kv, g, hd] -> [B·kv, T·g, hd]; for one new token this is a view.
+    let q = if t == 1 {
+        q.reshape([b * kv_heads, group, hd])
+    } else {
+        q.reshape([b, t, kv_heads, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b * kv_heads, t * group, hd])
+    };
+    let keys = keys.reshape([b * kv_heads, len, hd]);
+    let values = values.reshape([b * kv_heads, len, hd]);
+    let scores = bias.baddbmm(&q, &keys.transpose(1, 2), 1.0, 1.0 / (hd as f64).sqrt());
+    let probs = if scores.kind() == Kind::Float {
+        scores.softmax(-1, Kind::Float)
+    } else {
+        scores.softmax(-1, Kind::Float).to_kind(q.kind())
+    };
+    let out = probs.bmm(&values); // [B·kv, T·g, hd]
+    if t == 1 {
+        out.reshape([b, heads * hd])
+    } else {
+        out.view([b, kv_heads, t, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b * t, heads * hd])
+    }
 }
 
 /// RMSNorm as transformers computes it: in f32, scaled by the weight in the input dtype.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let kind = x.kind();
+    if kind == Kind::Float {
+        let var = x.square().mean_dim(-1, true, Kind::Float);
+        return weight * (x * (var + eps).rsqrt());
+    }
     let xf = x.to_kind(Kind::Float);
     let var = xf.square().mean_dim(-1, true, Kind::Float);
     weight * (xf * (var + eps).rsqrt()).to_kind(kind)
