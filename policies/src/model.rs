@@ -212,7 +212,8 @@ impl Model {
     /// log p(tokens[:, i] | tokens[:, <i]) for i = 1..T, in f32: [B, T-1].
     pub fn token_logprobs(&self, tokens: &Tensor, lora: Option<&LoraRuntime>) -> Tensor {
         let t = tokens.size()[1];
-        let hidden = self.forward_hidden(tokens, lora).narrow(1, 0, t - 1);
+        // split, not narrow: its backward concatenates instead of zero-filling a full-size buffer.
+        let hidden = self.forward_hidden(tokens, lora).split_with_sizes([t - 1, 1], 1).swap_remove(0);
         let logp = self.logits(&hidden, lora).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
         logp.gather(2, &tokens.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1)
     }
@@ -254,16 +255,21 @@ impl Model {
 
         let h = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
         let qkv = project(&h, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV).view([b, t, nh + 2 * nkv, hd]);
-        // Rotate q and k together: they share positions.
-        let qk = match (&layer.q_norm, &layer.k_norm) {
-            (Some(qn), Some(kn)) => Tensor::cat(
-                &[rms_norm(&qkv.narrow(2, 0, nh), qn, c.rms_norm_eps), rms_norm(&qkv.narrow(2, nh, nkv), kn, c.rms_norm_eps)],
-                2,
-            ),
-            _ => qkv.narrow(2, 0, nh + nkv),
+        // q and k are rotated together (they share positions). Splits rather than narrows: in
+        // training their backward is one concatenation, not a zero-filled gradient per slice.
+        let (qk, v) = match (&layer.q_norm, &layer.k_norm) {
+            (Some(qn), Some(kn)) => {
+                let [q, k, v]: [Tensor; 3] = split3(&qkv, [nh, nkv, nkv]);
+                (Tensor::cat(&[rms_norm(&q, qn, c.rms_norm_eps), rms_norm(&k, kn, c.rms_norm_eps)], 2), v)
+            }
+            _ => {
+                let mut parts = qkv.split_with_sizes([nh + nkv, nkv], 2);
+                let v = parts.pop().expect("two parts");
+                (parts.pop().expect("two parts"), v)
+            }
         };
-        let qk = rope::apply(&qk, cos, sin);
-        let (q, k, v) = (qk.narrow(2, 0, nh), qk.narrow(2, nh, nkv), qkv.narrow(2, nh + nkv, nkv));
+        let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
+        let (q, k) = (&qk[0], &qk[1]);
 
         let attn = match attention {
             Attention::Causal => {
@@ -276,7 +282,7 @@ impl Model {
                 let _ = ck.scatter_(2, write_index, &k.transpose(1, 2));
                 let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
                 let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
-                grouped_attention(&q, &keys, &values, bias, nkv)
+                grouped_attention(q, &keys, &values, bias, nkv)
             }
         };
         let x = project_onto(Some(x), &attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
@@ -428,6 +434,13 @@ fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor, 
     } else {
         out.view([b, kv_heads, t, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b * t, heads * hd])
     }
+}
+
+/// Split the head axis (2) of [B, T, heads, hd] into three.
+fn split3(x: &Tensor, sizes: [i64; 3]) -> [Tensor; 3] {
+    let mut parts = x.split_with_sizes(sizes, 2).into_iter();
+    let mut next = || parts.next().expect("three parts");
+    [next(), next(), next()]
 }
 
 /// RMSNorm as transformers computes it: in f32, scaled by the weight in the input dtype.
