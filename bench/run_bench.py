@@ -4,7 +4,9 @@
 
 Needs the release binary (NOREGRET_BIN, default target/release/noregret) and the venv with torch,
 transformers and peft. Models are made locally (bench/make_model.py); nothing is downloaded.
-Results: the Markdown tables on stdout, raw JSON lines in WORKDIR/results.jsonl.
+Each figure is the median of --rounds interleaved repeats (noregret and its peer alternate), each
+repeat itself a median of --runs timed runs after a warm-up. Results: the Markdown tables on
+stdout, raw JSON lines (with every round's figure) in WORKDIR/results.jsonl.
 """
 import argparse
 import json
@@ -35,14 +37,35 @@ def peer(threads, *args):
     return run([PY, os.path.join(HERE, "peer.py"), "--threads", str(threads), *args])
 
 
+def rounds(n, *commands):
+    """Run each command n times, interleaved (A B A B ...), so that a noisy neighbour hits all
+    sides alike; return, per command, one row per configuration holding the median round
+    (by tok/s) with every round's tok/s kept in `rounds_tok_per_s`."""
+    results = [[] for _ in commands]
+    for _ in range(n):
+        for i, command in enumerate(commands):
+            results[i].append(command())
+    merged = []
+    for per_round in results:
+        rows = []
+        for config_rows in zip(*per_round):
+            ranked = sorted(config_rows, key=lambda r: r["tok_per_s"])
+            row = dict(ranked[len(ranked) // 2])
+            row["rounds_tok_per_s"] = [round(r["tok_per_s"], 1) for r in config_rows]
+            rows.append(row)
+        merged.append(rows)
+    return merged
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="generate,lora,train")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of each measurement (median)")
     args = ap.parse_args()
-    parts, th, runs = args.only.split(","), args.threads, str(args.runs)
+    parts, th, runs, n = args.only.split(","), args.threads, str(args.runs), args.rounds
     models = {}
     for preset in ("tiny", "small"):
         models[preset] = os.path.join(args.workdir, preset)
@@ -57,8 +80,8 @@ def main():
         print("### Generation: small preset, prompt 32, 64 new tokens, pure sampling\n")
         print("| batch | noregret tok/s | HF generate tok/s | ratio | noregret GFLOP/s (new tokens) | % of matmul ceiling | incl. prefill |")
         print("|---|---|---|---|---|---|---|")
-        mine = ours(th, "generate", "--model", models["small"], "--runs", runs)
-        hf = peer(th, "generate", "--model", models["small"], "--runs", runs)
+        mine, hf = rounds(n, lambda: ours(th, "generate", "--model", models["small"], "--runs", runs),
+                          lambda: peer(th, "generate", "--model", models["small"], "--runs", runs))
         for a, b in zip(mine, hf):
             gf = a["tok_per_s"] * 2 * MATMUL_PARAMS["small"] / 1e9
             gf_all = gf * (32 + 64) / 64
@@ -71,10 +94,9 @@ def main():
         print("### LoRA rank 2 on all linear layers: sampling cost (small preset)\n")
         print("| batch | noregret no adapter | noregret r=2 | slowdown | HF no adapter | peft r=2 | peft slowdown |")
         print("|---|---|---|---|---|---|---|")
-        base = ours(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64")
-        lora = ours(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64", "--lora-rank", "2")
-        hf = peer(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64")
-        hf_lora = peer(th, "generate", "--model", models["small"], "--runs", runs, "--batch", "16,64", "--lora-rank", "2")
+        gen = ("generate", "--model", models["small"], "--runs", runs, "--batch", "16,64")
+        base, lora, hf, hf_lora = rounds(n, lambda: ours(th, *gen), lambda: ours(th, *gen, "--lora-rank", "2"),
+                                         lambda: peer(th, *gen), lambda: peer(th, *gen, "--lora-rank", "2"))
         for a, b, c, d in zip(base, lora, hf, hf_lora):
             print(f"| {a['batch']} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {100 * (1 - b['tok_per_s'] / a['tok_per_s']):.0f}% | "
                   f"{c['tok_per_s']:.0f} | {d['tok_per_s']:.0f} | {100 * (1 - d['tok_per_s'] / c['tok_per_s']):.0f}% |")
@@ -87,8 +109,8 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         for preset in ("tiny", "small"):
             for rank in ("2", "0"):
-                a = ours(th, "train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)[0]
-                b = peer(th, "train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)[0]
+                step = ("train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)
+                (a,), (b,) = rounds(n, lambda: ours(th, *step), lambda: peer(th, *step))
                 # FLOPs per token: forward 2N + input-gradients 2N (+ weight gradients 2N in full FT).
                 per_token = (4 if rank != "0" else 6) * MATMUL_PARAMS[preset]
                 gf = a["tok_per_s"] * per_token / 1e9
