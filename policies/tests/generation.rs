@@ -104,3 +104,23 @@ fn stop_strings_and_eos_end_sequences() {
     assert!(text.starts_with(&cut[0].text));
     assert_eq!(&free[0].tokens[..cut[0].tokens.len()], &cut[0].tokens[..]);
 }
+
+#[test]
+fn half_precision_weights_track_f32() {
+    // bf16/f16 weights compute in that dtype; log-probs stay within the format's precision of f32.
+    let (_tmp, dir) = common::tiny_checkpoint(9);
+    let f32_policy = Policy::load(&dir, None, Device::Cpu).unwrap();
+    let tokens = Tensor::from_slice(&[1i64, 20, 21, 30, 40, 41, 50, 7]).view([1, 8]);
+    let reference = tch::no_grad(|| f32_policy.model.token_logprobs(&tokens, None));
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let policy = Policy::load(&dir, Some(kind), Device::Cpu).unwrap();
+        assert_eq!(policy.model.kind(), kind);
+        let logp = tch::no_grad(|| policy.model.token_logprobs(&tokens, None));
+        assert_eq!(logp.kind(), Kind::Float, "log-probs are reported in f32");
+        let diff = (logp - &reference).abs().max().double_value(&[]);
+        assert!(diff < 0.15, "{kind:?} log-probs differ from f32 by {diff}");
+        let prompt = policy.tokenizer.encode("1+2=", true).unwrap();
+        let out = policy.generate(None, &[prompt], &[0], &SamplingParams { max_new_tokens: 5, ..Default::default() }).unwrap();
+        assert_eq!(out[0].tokens.len(), out[0].logprobs.len());
+    }
+}

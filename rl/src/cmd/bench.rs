@@ -84,8 +84,8 @@ pub fn busy_adapter(cfg: &policies::ModelConfig, rank: i64, device: Device) -> R
     let adapter = policies::Adapter::init(cfg, config, 0, device);
     tch::no_grad(|| {
         tch::manual_seed(0);
-        for (_, t) in adapter.named_tensors() {
-            if t.size()[1] == rank {
+        for (name, t) in adapter.named_tensors() {
+            if name.contains("lora_B") {
                 let _ = t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, device)) * 0.02));
             }
         }
