@@ -103,7 +103,7 @@ impl KvCache {
             let mut size = kept.size();
             size[2] = self.capacity;
             let fresh = Tensor::zeros(size.as_slice(), (t.kind(), device));
-            let _ = fresh.narrow(2, 0, width).copy_(&kept);
+            fresh.narrow(2, 0, width).copy_(&kept);
             *t = fresh;
         }
         self.lens = rows.iter().map(|&r| self.lens[r]).collect();

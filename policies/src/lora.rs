@@ -265,7 +265,7 @@ impl Adapter {
             return Err(invalid!("adapter sizes differ: {:?} vs {:?}", self.flat.size(), other.flat.size()));
         }
         tch::no_grad(|| {
-            let _ = self.flat.shallow_clone().copy_(&other.flat);
+            self.flat.shallow_clone().copy_(&other.flat);
         });
         Ok(())
     }
@@ -329,13 +329,16 @@ pub struct PackedGroup {
     owners: Vec<i64>,
 }
 
+/// Per layer group and per outer group, [rows, R] 0/1 masks routing rows to their adapter.
+pub(crate) type RowMasks = (Vec<[Option<Tensor>; 4]>, [Option<Tensor>; 2]);
+
 /// Adapters ready for the forward pass: one or several, and which rows use which.
 pub struct LoraRuntime {
     pub(crate) layers: Vec<[Option<PackedGroup>; 4]>,
     /// lm_head and embed_tokens (indexed by OUTER_HEAD / OUTER_EMBED).
     pub(crate) outer: [Option<PackedGroup>; 2],
     /// Per group, [rows, R] 0/1 masks; None when every row uses the single adapter.
-    pub(crate) masks: Option<(Vec<[Option<Tensor>; 4]>, [Option<Tensor>; 2])>,
+    pub(crate) masks: Option<RowMasks>,
     kind: Kind,
 }
 

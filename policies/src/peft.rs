@@ -78,8 +78,10 @@ pub fn load(dir: &Path, model: &Model) -> Result<Adapter> {
     if !weights_path.exists() {
         return Err(Error::bad_file(&weights_path, "not found"));
     }
-    let store = WeightStore::open_files(&[weights_path.clone()])?;
-    let mut pairs: BTreeMap<(Option<usize>, Module), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+    let store = WeightStore::open_files(std::slice::from_ref(&weights_path))?;
+    // (layer or None for outer modules, module) -> (A, B) as they are found.
+    type Halves = (Option<Tensor>, Option<Tensor>);
+    let mut pairs: BTreeMap<(Option<usize>, Module), Halves> = BTreeMap::new();
     let mut names: Vec<String> = store.names().map(str::to_string).collect();
     names.sort();
     let base_weights = model.named_weights();

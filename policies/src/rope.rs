@@ -24,7 +24,7 @@ impl Rope {
         let positions = Tensor::arange(max_positions, (Kind::Float, Device::Cpu));
         match cfg.rope_scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => inv_freq = inv_freq / factor,
+            RopeScaling::Linear { factor } => inv_freq /= factor,
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
                 inv_freq = llama3_inv_freq(&inv_freq, factor, low_freq_factor, high_freq_factor, old)
             }

@@ -46,7 +46,7 @@ fn same_seed_same_samples_whatever_the_batch() {
     let a = policy.tokenizer.encode("3+4=", true).unwrap();
     let b = policy.tokenizer.encode("something else entirely", true).unwrap();
     let params = SamplingParams { max_new_tokens: 12, seed: 5, ..Default::default() };
-    let alone = policy.generate(None, &[a.clone()], &[7], &params).unwrap();
+    let alone = policy.generate(None, std::slice::from_ref(&a), &[7], &params).unwrap();
     let batched = policy.generate(None, &[b, a], &[3, 7], &params).unwrap();
     assert_eq!(alone[0].tokens, batched[1].tokens, "a sequence's samples depend on its seed and stream only");
     let other_seed = policy.generate(None, &[alone[0].tokens.clone()], &[7], &SamplingParams { seed: 6, ..params }).unwrap();
@@ -90,7 +90,7 @@ fn stop_strings_and_eos_end_sequences() {
     let (_tmp, dir) = common::tiny_checkpoint(4);
     let policy = Policy::load(&dir, None, Device::Cpu).unwrap();
     let prompt = policy.tokenizer.encode("go", true).unwrap();
-    let free = policy.generate(None, &[prompt.clone()], &[0], &SamplingParams { max_new_tokens: 40, seed: 1, ..Default::default() }).unwrap();
+    let free = policy.generate(None, std::slice::from_ref(&prompt), &[0], &SamplingParams { max_new_tokens: 40, seed: 1, ..Default::default() }).unwrap();
     let text = &free[0].text;
     // Stop at the third character the model produced: the same sequence, cut there.
     let stop: String = text.chars().skip(2).take(1).collect();

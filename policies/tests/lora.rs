@@ -17,7 +17,7 @@ fn busy(policy: &Policy, rank: i64, targets: Vec<Module>, seed: u64) -> Adapter 
     tch::no_grad(|| {
         for (name, t) in adapter.named_tensors() {
             if name.contains("lora_B") {
-                let _ = t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.05));
+                t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.05));
             }
         }
     });
@@ -92,9 +92,9 @@ fn many_adapters_while_sampling() {
         let alone = match route {
             Some(k) => {
                 let single = tch::no_grad(|| LoraRuntime::single(cfg, &adapters[*k], Kind::Float)).unwrap();
-                policy.generate(Some(&single), &[prompt.clone()], &[0], &params).unwrap()
+                policy.generate(Some(&single), std::slice::from_ref(&prompt), &[0], &params).unwrap()
             }
-            None => policy.generate(None, &[prompt.clone()], &[0], &params).unwrap(),
+            None => policy.generate(None, std::slice::from_ref(&prompt), &[0], &params).unwrap(),
         };
         assert_eq!(together[i].tokens, alone[0].tokens, "row {i}");
     }

@@ -56,7 +56,7 @@ fn init(args: InitArgs) -> Result<()> {
         tch::no_grad(|| {
             for (name, t) in adapter.named_tensors() {
                 if name.contains("lora_B") {
-                    let _ = t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * std));
+                    t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * std));
                 }
             }
         });

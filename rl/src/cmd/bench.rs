@@ -86,7 +86,7 @@ pub fn busy_adapter(cfg: &policies::ModelConfig, rank: i64, device: Device) -> R
         tch::manual_seed(0);
         for (name, t) in adapter.named_tensors() {
             if name.contains("lora_B") {
-                let _ = t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, device)) * 0.02));
+                t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, device)) * 0.02));
             }
         }
     });
