@@ -42,21 +42,26 @@ def fresh_base(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_llama3rope_old", "qwen3_headdim", "qwen2_gqa"])
-@pytest.mark.parametrize("rank", [1, 4])
-def test_peft_adapter_loads_here(checkpoints, tmp_path, name, rank):
-    path, _ = checkpoints[name]
-    model = get_peft_model(fresh_base(path), LoraConfig(r=rank, lora_alpha=32, lora_dropout=0.0,
-                                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                          "gate_proj", "up_proj", "down_proj"]))
-    g = torch.Generator().manual_seed(rank)
+def peft_adapter(path, targets, rank, seed, out):
+    """A peft LoRA on `targets` with random non-zero A and B (so it changes the model), saved to `out`."""
+    model = get_peft_model(fresh_base(path), LoraConfig(r=rank, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     model.eval()
+    model.save_pretrained(out)
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3rope_old", "qwen3_headdim", "qwen2_gqa"])
+@pytest.mark.parametrize("rank", [1, 4])
+def test_peft_adapter_loads_here(checkpoints, tmp_path, name, rank):
+    path, _ = checkpoints[name]
     adapter_dir = str(tmp_path / "adapter")
-    model.save_pretrained(adapter_dir)
+    model = peft_adapter(path, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                         rank, seed=rank, out=adapter_dir)
     seqs = sequences(model.config.vocab_size)
     ref = reference(model, seqs)
     base = reference(fresh_base(path), seqs)
@@ -107,16 +112,8 @@ def test_lm_head_adapter_round_trip(checkpoints, tmp_path):
 
 def test_embedding_adapter_both_ways(checkpoints, tmp_path):
     path, _ = checkpoints["llama_gqa_llama3rope_old"]
-    model = get_peft_model(fresh_base(path), LoraConfig(r=2, lora_alpha=32, lora_dropout=0.0,
-                                                          target_modules=["embed_tokens", "v_proj", "lm_head"]))
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    model.eval()
     peft_dir = str(tmp_path / "peft")
-    model.save_pretrained(peft_dir)
+    model = peft_adapter(path, ["embed_tokens", "v_proj", "lm_head"], 2, seed=11, out=peft_dir)
     seqs = sequences(model.config.vocab_size, seed=21)
     ref = reference(model, seqs)
     assert max_err(ref, reference(fresh_base(path), seqs)) > 0.05
