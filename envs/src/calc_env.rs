@@ -16,9 +16,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rewards::{Episode, Reward};
+use rewards::Reward;
 
 use crate::env::{Env, EnvFactory, Observation, Problem, Step};
+use crate::math_env::score_answer;
 use crate::template::Prompter;
 
 /// Opening tag of a calculator call.
@@ -154,12 +155,7 @@ impl Env for CalcEnv {
             let observation = self.answer(call);
             return Step::Continue { observation };
         }
-        let prompt = self.prompt.plain_text();
-        let score = self.reward.score(&Episode {
-            prompt: &prompt,
-            completion: action,
-            reference: &self.problem.answer,
-        });
+        let score = score_answer(self.reward.as_ref(), &self.prompt, &self.problem, action);
         self.finish(score.reward, score.metrics, false)
     }
 

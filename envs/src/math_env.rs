@@ -4,10 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rewards::{Episode, Reward};
+use rewards::{Episode, Reward, Score};
 
 use crate::env::{Env, EnvFactory, Observation, Problem, Step};
 use crate::template::Prompter;
+
+/// Score a final answer against the problem's gold answer (shared by every env that ends in one).
+pub(crate) fn score_answer(reward: &dyn Reward, prompt: &Observation, problem: &Problem, answer: &str) -> Score {
+    let prompt = prompt.plain_text();
+    reward.score(&Episode { prompt: &prompt, completion: answer, reference: &problem.answer })
+}
 
 /// One episode: prompt, one answer, done.
 pub struct MathEnv {
@@ -49,12 +55,7 @@ impl Env for MathEnv {
         if let Some(done) = &self.done {
             return done.clone();
         }
-        let prompt = self.prompt.plain_text();
-        let score = self.reward.score(&Episode {
-            prompt: &prompt,
-            completion: action,
-            reference: &self.problem.answer,
-        });
+        let score = score_answer(self.reward.as_ref(), &self.prompt, &self.problem, action);
         let mut metrics: BTreeMap<String, f64> = score.metrics;
         metrics.insert("turns".into(), 1.0);
         let step = Step::Done {

@@ -34,11 +34,6 @@ impl KvCache {
         &self.lens
     }
 
-    /// Forget row `row` so its slot can hold a new sequence.
-    pub fn reset_row(&mut self, row: usize) {
-        self.lens[row] = 0;
-    }
-
     /// Check that `new_tokens` more positions (padded width) fit every row, before a forward.
     pub(crate) fn check_room(&self, width: i64) -> Result<()> {
         let longest = self.lens.iter().copied().max().unwrap_or(0);

@@ -42,7 +42,6 @@ pub struct Generation<'a> {
 struct Row {
     /// Index into the caller's prompts.
     origin: usize,
-    rng: SplitMix,
     out: Completion,
     done: bool,
 }
@@ -71,36 +70,34 @@ impl Generation<'_> {
         let device = self.model.device();
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
         let mut cache = self.model.new_cache(prompts.len() as i64, longest + params.max_new_tokens.max(1));
-        let mut rows: Vec<Row> = prompts
-            .iter()
-            .zip(streams)
-            .enumerate()
-            .map(|(i, (_, &s))| Row {
+        let mut rows: Vec<Row> = (0..prompts.len())
+            .map(|i| Row {
                 origin: i,
-                rng: SplitMix::for_stream(params.seed, s),
                 out: Completion { tokens: Vec::new(), logprobs: Vec::new(), text: String::new(), finish_reason: FinishReason::Length },
                 done: params.max_new_tokens == 0,
             })
             .collect();
-        let mut lora = self.lora.map(|l| l.select_rows(&(0..prompts.len()).collect::<Vec<_>>()));
+        // One random stream per row, kept parallel to `rows`.
+        let mut rngs: Vec<SplitMix> = streams.iter().map(|&s| SplitMix::for_stream(params.seed, s)).collect();
+        // The caller's adapters until the batch shrinks; then their rows' share of the routing.
+        let mut shrunk_lora: Option<LoraRuntime> = None;
 
         // Prefill every prompt at once, right-padded; take each row's last real position.
         let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
         let padded: Vec<i64> = prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(0, (longest - p.len() as i64) as usize))).collect();
         let tokens = Tensor::from_slice(&padded).view([prompts.len() as i64, longest]).to_device(device);
-        let hidden = self.model.forward_cached(&tokens, &lens, &mut cache, lora.as_ref())?;
+        let hidden = self.model.forward_cached(&tokens, &lens, &mut cache, self.lora)?;
         let last_index = Tensor::from_slice(&lens).to_device(device) - 1;
         let mut last = hidden.gather(1, &last_index.view([-1, 1, 1]).expand([-1, 1, hidden.size()[2]], false), false).squeeze_dim(1);
 
         let mut finished: Vec<Option<Completion>> = vec![None; prompts.len()];
         for step in 0..params.max_new_tokens {
-            let logits = self.model.logits(&last, lora.as_ref());
-            let mut rngs: Vec<SplitMix> = rows.iter().map(|r| r.rng.clone()).collect();
+            let lora = shrunk_lora.as_ref().or(self.lora);
+            let logits = self.model.logits(&last, lora);
             let (next, logp) = choose(&logits, params, &mut rngs);
             let next_v = Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu))?;
             let logp_v = Vec::<f32>::try_from(&logp.to_kind(Kind::Float).to_device(tch::Device::Cpu))?;
-            for (i, (row, rng)) in rows.iter_mut().zip(rngs).enumerate() {
-                row.rng = rng;
+            for (i, row) in rows.iter_mut().enumerate() {
                 self.push_token(row, next_v[i], logp_v[i], params)?;
             }
             if rows.iter().all(|r| r.done) || step + 1 == params.max_new_tokens {
@@ -111,7 +108,9 @@ impl Generation<'_> {
             let live: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].done).collect();
             if live.len() * 4 <= rows.len() * 3 {
                 cache.retain_rows(&live)?;
-                lora = lora.map(|l| l.select_rows(&live));
+                let routed = lora.map(|l| l.select_rows(&live));
+                shrunk_lora = routed;
+                rngs = live.iter().map(|&i| rngs[i].clone()).collect();
                 let index = Tensor::from_slice(&live.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
                 next_tokens = next_tokens.index_select(0, &index);
                 let (done, kept): (Vec<Row>, Vec<Row>) = std::mem::take(&mut rows).into_iter().partition(|r| r.done);
@@ -121,7 +120,7 @@ impl Generation<'_> {
                 rows = kept;
             }
             let counts = vec![1i64; rows.len()];
-            last = self.model.forward_cached(&next_tokens, &counts, &mut cache, lora.as_ref())?.squeeze_dim(1);
+            last = self.model.forward_cached(&next_tokens, &counts, &mut cache, shrunk_lora.as_ref().or(self.lora))?.squeeze_dim(1);
         }
         for row in rows {
             finished[row.origin] = Some(row.out);
@@ -129,7 +128,8 @@ impl Generation<'_> {
         let mut out = Vec::with_capacity(finished.len());
         for c in finished {
             let mut c = c.ok_or_else(|| invalid!("internal: a sequence went missing during generation"))?;
-            if c.text.is_empty() && !c.tokens.is_empty() {
+            // A stopped row already holds its text, cut before the stop string (maybe empty).
+            if c.finish_reason != FinishReason::Stop {
                 c.text = self.visible_text(&c)?;
             }
             out.push(c);
@@ -147,7 +147,8 @@ impl Generation<'_> {
         if !params.ignore_eos && self.eos_ids.contains(&token) {
             row.out.finish_reason = FinishReason::Eos;
             row.done = true;
-        } else if !params.stop.is_empty() {
+        } else if !params.stop.is_empty() && self.stop_in_tail(&row.out.tokens, &params.stop)? {
+            // Only now decode the whole sequence, and cut at the first stop string.
             let text = (self.decode)(&row.out.tokens)?;
             if let Some(cut) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                 row.out.text = text[..cut].to_string();
@@ -160,6 +161,16 @@ impl Generation<'_> {
             row.done = true;
         }
         Ok(())
+    }
+
+    /// Whether a stop string ends within the last few tokens. Every earlier position was checked
+    /// on earlier steps, so only a window as long as the longest stop string (in bytes; a token
+    /// decodes to at least one byte) plus a margin for split characters needs decoding: the check
+    /// costs the same at token 10 and at token 10 000.
+    fn stop_in_tail(&self, tokens: &[i64], stop: &[String]) -> Result<bool> {
+        let window = stop.iter().map(String::len).max().unwrap_or(0) + 4;
+        let tail = (self.decode)(&tokens[tokens.len().saturating_sub(window)..])?;
+        Ok(stop.iter().any(|s| tail.contains(s.as_str())))
     }
 
     /// The text of a completion, without a final eos token.

@@ -259,15 +259,21 @@ impl Adapter {
         Self::from_flat(self.config.clone(), self.num_layers, self.slots.clone(), flat)
     }
 
-    /// Replace this adapter's numbers with `other`'s (same layout), e.g. a newer snapshot.
-    pub fn load_from(&self, other: &Adapter) -> Result<()> {
-        if self.flat.size() != other.flat.size() {
-            return Err(invalid!("adapter sizes differ: {:?} vs {:?}", self.flat.size(), other.flat.size()));
+    /// Draw every B from N(0, std²), seeded: an adapter that changes the model, for tests and
+    /// benchmarks of the adapter path (training starts from B = 0).
+    pub fn randomize_b(&self, std: f64, seed: u64) {
+        let mut rng = SplitMix::new(seed);
+        let mut values = Vec::<f32>::try_from(&self.flat.detach().to_device(Device::Cpu)).unwrap_or_default();
+        for slot in &self.slots {
+            let range = slot.b_offset as usize..(slot.b_offset + slot.b_shape[0] * slot.b_shape[1]) as usize;
+            for v in &mut values[range] {
+                // Box-Muller: two uniforms, one standard normal.
+                let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
+                *v = (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32;
+            }
         }
-        tch::no_grad(|| {
-            self.flat.shallow_clone().copy_(&other.flat);
-        });
-        Ok(())
+        let fresh = Tensor::from_slice(&values).to_device(self.flat.device());
+        tch::no_grad(|| self.flat.shallow_clone().copy_(&fresh));
     }
 
     /// The dense update (α/r)·B·A for one module, for merging.

@@ -446,11 +446,8 @@ fn split3(x: &Tensor, sizes: [i64; 3]) -> [Tensor; 3] {
 /// RMSNorm as transformers computes it: in f32, scaled by the weight in the input dtype.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let kind = x.kind();
-    if kind == Kind::Float {
-        let var = x.square().mean_dim(-1, true, Kind::Float);
-        return weight * (x * (var + eps).rsqrt());
-    }
-    let xf = x.to_kind(Kind::Float);
-    let var = xf.square().mean_dim(-1, true, Kind::Float);
-    weight * (xf * (var + eps).rsqrt()).to_kind(kind)
+    // f32 activations skip the two dtype round-trips (two dispatches per norm on the decode path).
+    let xf = if kind == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
+    let normed = &xf * (xf.square().mean_dim(-1, true, Kind::Float) + eps).rsqrt();
+    weight * if kind == Kind::Float { normed } else { normed.to_kind(kind) }
 }

@@ -89,10 +89,6 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, chat_template, bos_token, eos_token, eos_ids, pad_id })
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
     /// Encode text; `add_special` applies the tokenizer's post-processor (e.g. a leading bos),
     /// as `tokenizer(text)` does in transformers.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<i64>> {
@@ -108,10 +104,6 @@ impl TextTokenizer {
 
     pub fn token_to_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)
-    }
-
-    pub fn has_chat_template(&self) -> bool {
-        self.chat_template.is_some()
     }
 
     /// Render the chat template, as `apply_chat_template(..., tokenize=False)` does.

@@ -76,10 +76,6 @@ impl WeightStore {
         Ok(WeightStore { shards, index })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
-    }
-
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }
@@ -87,12 +83,6 @@ impl WeightStore {
     fn locate(&self, name: &str) -> Option<(&Shard, &TensorInfo)> {
         let shard = &self.shards[*self.index.get(name)?];
         Some((shard, shard.metadata.info(name)?))
-    }
-
-    /// The path of the file holding `name` (for error messages), or of the first file.
-    pub fn file_of(&self, name: &str) -> &Path {
-        let i = self.index.get(name).copied().unwrap_or(0);
-        self.shards.get(i).map(|s| s.path.as_path()).unwrap_or(Path::new("<no file>"))
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {

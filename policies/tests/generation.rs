@@ -92,17 +92,49 @@ fn stop_strings_and_eos_end_sequences() {
     let prompt = policy.tokenizer.encode("go", true).unwrap();
     let free = policy.generate(None, std::slice::from_ref(&prompt), &[0], &SamplingParams { max_new_tokens: 40, seed: 1, ..Default::default() }).unwrap();
     let text = &free[0].text;
-    // Stop at the third character the model produced: the same sequence, cut there.
-    let stop: String = text.chars().skip(2).take(1).collect();
-    if stop.is_empty() {
-        return; // the model ended at once; nothing to cut
+    assert!(text.chars().count() >= 3, "the test needs a few characters of output: {text:?}");
+    // Stop at the first, then at the third character the model produced: the same sequence, cut
+    // there (at the first, the text is empty).
+    for at in [0, 2] {
+        let stop: String = text.chars().skip(at).take(1).collect();
+        let params = SamplingParams { max_new_tokens: 40, seed: 1, stop: vec![stop.clone()], ..Default::default() };
+        let cut = policy.generate(None, std::slice::from_ref(&prompt), &[0], &params).unwrap();
+        assert_eq!(cut[0].finish_reason, policies::FinishReason::Stop);
+        assert!(!cut[0].text.contains(&stop), "{:?} still holds {stop:?}", cut[0].text);
+        assert!(text.starts_with(&cut[0].text));
+        assert_eq!(&free[0].tokens[..cut[0].tokens.len()], &cut[0].tokens[..]);
+        if at == 0 {
+            assert_eq!(cut[0].text, "");
+        }
     }
-    let params = SamplingParams { max_new_tokens: 40, seed: 1, stop: vec![stop.clone()], ..Default::default() };
-    let cut = policy.generate(None, &[prompt], &[0], &params).unwrap();
-    assert_eq!(cut[0].finish_reason, policies::FinishReason::Stop);
-    assert!(!cut[0].text.contains(&stop));
-    assert!(text.starts_with(&cut[0].text));
-    assert_eq!(&free[0].tokens[..cut[0].tokens.len()], &cut[0].tokens[..]);
+}
+
+#[test]
+fn a_prefilled_row_joins_a_running_batch() {
+    // Continuous batching: a prompt prefilled in its own cache is copied into a slot of a cache
+    // that holds other sequences; decoding then continues as if it had been there all along.
+    let (_tmp, dir) = common::tiny_checkpoint(10);
+    let policy = Policy::load(&dir, None, Device::Cpu).unwrap();
+    let model = &policy.model;
+    let _g = tch::no_grad_guard();
+    let newcomer: Vec<i64> = vec![1, 30, 31, 32, 33, 34];
+    let mut big = model.new_cache(3, 32);
+    let others = Tensor::from_slice(&[1i64, 5, 6, 7, 1, 8, 9, 10, 1, 11, 12, 13]).view([3, 4]);
+    let _ = model.forward_cached(&others, &[4, 4, 4], &mut big, None).unwrap();
+    let mut small = model.new_cache(1, 16);
+    let _ = model.forward_cached(&Tensor::from_slice(&newcomer).view([1, -1]), &[6], &mut small, None).unwrap();
+    big.copy_rows_from(&small, &[0], &[1]).unwrap();
+    assert_eq!(big.lens(), &[4, 6, 4]);
+    let next = Tensor::from_slice(&[20i64, 40, 21]).view([3, 1]);
+    let hidden = model.forward_cached(&next, &[1, 1, 1], &mut big, None).unwrap();
+    let got = model.logits(&hidden.get(1), None).log_softmax(-1, Kind::Float);
+    let full: Vec<i64> = newcomer.iter().copied().chain([40]).collect();
+    let want = model.logits(&model.forward_hidden(&Tensor::from_slice(&full).view([1, -1]), None), None)
+        .get(0)
+        .get(6)
+        .log_softmax(-1, Kind::Float);
+    let diff = (got.get(0) - want).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "joined row differs by {diff}");
 }
 
 #[test]

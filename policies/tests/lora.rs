@@ -13,14 +13,7 @@ fn tokens() -> Tensor {
 /// An adapter with random non-zero B (so it changes the model).
 fn busy(policy: &Policy, rank: i64, targets: Vec<Module>, seed: u64) -> Adapter {
     let adapter = Adapter::init(&policy.model.config, LoraConfig::new(rank, 32.0, targets).unwrap(), seed, Device::Cpu);
-    tch::manual_seed(seed as i64);
-    tch::no_grad(|| {
-        for (name, t) in adapter.named_tensors() {
-            if name.contains("lora_B") {
-                t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.05));
-            }
-        }
-    });
+    adapter.randomize_b(0.05, seed);
     adapter
 }
 
@@ -121,4 +114,19 @@ fn gradients_reach_the_adapter_only() {
     // (A is random), A's is zero (B is zero).
     let per_module: i64 = adapter.named_tensors().iter().map(|(_, t)| t.numel() as i64).sum();
     assert_eq!(per_module, adapter.num_parameters());
+}
+
+#[test]
+fn a_snapshot_does_not_follow_later_training() {
+    let (_tmp, dir) = common::tiny_checkpoint(11);
+    let policy = Policy::load(&dir, None, Device::Cpu).unwrap();
+    let cfg = &policy.model.config;
+    let adapter = Adapter::init(cfg, LoraConfig::new(1, 32.0, policies::lora::parse_targets("all").unwrap()).unwrap(), 1, Device::Cpu);
+    let snapshot = adapter.snapshot();
+    adapter.randomize_b(0.05, 3); // stands in for an optimiser step
+    let frozen = tch::no_grad(|| policy.model.token_logprobs(&tokens(), Some(&LoraRuntime::single(cfg, &snapshot, Kind::Float).unwrap())));
+    let base = tch::no_grad(|| policy.model.token_logprobs(&tokens(), None));
+    let moved = tch::no_grad(|| policy.model.token_logprobs(&tokens(), Some(&LoraRuntime::single(cfg, &adapter, Kind::Float).unwrap())));
+    assert!(frozen.equal(&base), "the snapshot keeps B = 0");
+    assert!((moved - base).abs().max().double_value(&[]) > 1e-3, "the live adapter moved");
 }

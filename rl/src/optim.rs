@@ -36,10 +36,6 @@ impl AdamW {
         AdamW { config, params, exp_avg, exp_avg_sq, steps: 0 }
     }
 
-    pub fn steps(&self) -> i64 {
-        self.steps
-    }
-
     /// Numbers held as optimiser state (2 × the trainable parameters).
     pub fn state_numel(&self) -> usize {
         self.exp_avg.iter().chain(&self.exp_avg_sq).map(Tensor::numel).sum()
@@ -73,11 +69,6 @@ impl AdamW {
         for p in &mut self.params {
             p.zero_grad();
         }
-    }
-
-    /// State tensors in a fixed order, for checkpoints.
-    pub fn state(&self) -> (i64, Vec<&Tensor>, Vec<&Tensor>) {
-        (self.steps, self.exp_avg.iter().collect(), self.exp_avg_sq.iter().collect())
     }
 }
 

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use tch::{Kind, Tensor};
 
 #[derive(Args)]
 pub struct AdapterArgs {
@@ -52,14 +51,7 @@ fn init(args: InitArgs) -> Result<()> {
     let lora = policies::LoraConfig::new(args.rank, args.alpha, targets)?;
     let adapter = policies::Adapter::init(&config, lora, args.seed, tch::Device::Cpu);
     if let Some(std) = args.random_b {
-        tch::manual_seed(args.seed as i64);
-        tch::no_grad(|| {
-            for (name, t) in adapter.named_tensors() {
-                if name.contains("lora_B") {
-                    t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * std));
-                }
-            }
-        });
+        adapter.randomize_b(std, args.seed);
     }
     policies::peft::save(&adapter, &args.out, &args.model.display().to_string())?;
     eprintln!("wrote {} ({} trainable parameters)", args.out.display(), adapter.num_parameters());

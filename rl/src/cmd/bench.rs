@@ -82,14 +82,7 @@ pub fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<
 pub fn busy_adapter(cfg: &policies::ModelConfig, rank: i64, device: Device) -> Result<policies::Adapter> {
     let config = policies::LoraConfig::new(rank, 32.0, policies::Module::LAYER_MODULES.to_vec())?;
     let adapter = policies::Adapter::init(cfg, config, 0, device);
-    tch::no_grad(|| {
-        tch::manual_seed(0);
-        for (name, t) in adapter.named_tensors() {
-            if name.contains("lora_B") {
-                t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, device)) * 0.02));
-            }
-        }
-    });
+    adapter.randomize_b(0.02, 0);
     Ok(adapter)
 }
 
