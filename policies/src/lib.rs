@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod init;
+pub mod kernels;
 pub mod lora;
 pub mod model;
 pub mod peft;

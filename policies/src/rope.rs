@@ -55,6 +55,10 @@ impl Rope {
 /// Swapping the halves and multiplying by (-sin, sin) gives the same numbers in fewer ops.
 pub fn apply(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let size = x.size();
+    if crate::kernels::applies(x) {
+        let hd = size[3];
+        return crate::kernels::rope(x, &cos.reshape([-1, hd]), &signed_sin.reshape([-1, hd]));
+    }
     let half = size[3] / 2;
     let swapped = x.view([size[0], size[1], size[2], 2, half]).flip([3]).view(size.as_slice());
     x * cos + swapped * signed_sin

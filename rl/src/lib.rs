@@ -4,4 +4,5 @@ pub mod cli;
 pub mod cmd;
 pub mod jsonl;
 pub mod logging;
+pub mod memory;
 pub mod optim;

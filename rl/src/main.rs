@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if std::env::var_os("NOREGRET_GLIBC_DEFAULTS").is_none() {
+        rl::memory::keep_freed_memory();
+    }
     let cli = rl::cli::Cli::parse();
     rl::logging::init();
     match rl::cli::run(cli) {

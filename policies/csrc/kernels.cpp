@@ -1,0 +1,390 @@
+// Fused float32 CPU kernels for the decoder. Each replaces a chain of eager ops with one pass
+// over memory and one dispatch: RMSNorm (6 ops forward, ~10 backward), rotary embedding (4 and
+// 4), SwiGLU's silu(gate)·up (3 and 5), and cached attention with its two cache writes (7). On
+// the models RL post-training runs on CPU, such chains cost as much as the matmuls.
+//
+// The first three are torch::autograd::Functions with hand-written backward passes (checked
+// against the eager ops' gradients in policies/tests/kernels.rs); cached attention serves
+// sampling only. Rust calls them through the extern "C" functions at the end, which take and
+// return at::Tensor handles (what tch's tensors wrap) and report failures as a null result plus
+// a message, never by unwinding across the language boundary.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+// Each hot loop is compiled for AVX-512, AVX2 and plain x86-64; the loader picks by CPU features.
+// (Built with -fno-trapping-math, without which GCC will not vectorize the clamps in exp_approx.)
+#define NR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+thread_local std::string last_error;
+
+// Rows per parallel task: enough work that a task outweighs waking a thread.
+int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
+
+// exp(x) to about 2 ulp, in a form the compiler vectorizes: x = n·ln2 + r with |r| <= ln2/2,
+// e^r from its Taylor polynomial to r^6, and 2^n written straight into the exponent bits.
+// x is clamped to ±80, well inside the normal range: the vectorized clamp evaluates both sides,
+// and results near the denormal range (e^-87) trigger microcode assists that cost 15× the loop.
+// Callers lose nothing: e^-80 ≈ 2e-35 is 0 next to the 1 it is added to.
+inline float exp_approx(float x) {
+  x = x < -80.0f ? -80.0f : x;
+  x = x > 80.0f ? 80.0f : x;
+  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to the nearest integer
+  float n = (x * 1.44269504088896341f + shifter) - shifter;
+  float r = x - n * 0.693359375f;  // ln2 in two parts (Cody–Waite), so r keeps its precision
+  r = r + n * 2.12194440e-4f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// ---- RMSNorm: y = w · (x / sqrt(mean(x²) + eps)), as transformers computes it in float32 ----
+
+NR_CLONES void rms_norm_rows(const float* x, const float* w, float* y, float* rstd, int64_t d, float eps,
+                             int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float* xi = x + i * d;
+    float* yi = y + i * d;
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    rstd[i] = r;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * r);
+  }
+}
+
+// dx = rstd·(g − x̂·mean(g·x̂)) with g = dy·w and x̂ = x·rstd.
+NR_CLONES void rms_norm_grad_rows(const float* dy, const float* x, const float* w, const float* rstd, float* dx,
+                                  int64_t d, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float* dyi = dy + i * d;
+    const float* xi = x + i * d;
+    float* dxi = dx + i * d;
+    const float r = rstd[i];
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < d; ++j) dot += dyi[j] * w[j] * xi[j];
+    const float c = dot * r * r / static_cast<float>(d);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) dxi[j] = r * (dyi[j] * w[j] - xi[j] * c);
+  }
+}
+
+struct RmsNorm : public torch::autograd::Function<RmsNorm> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, double eps) {
+    const at::Tensor x = input.contiguous();
+    const at::Tensor w = weight.contiguous();
+    const int64_t d = x.size(-1);
+    TORCH_CHECK(w.numel() == d, "rms_norm: weight has ", w.numel(), " elements for rows of ", d);
+    const int64_t rows = x.numel() / std::max<int64_t>(d, 1);
+    at::Tensor y = at::empty_like(x);
+    at::Tensor rstd = at::empty({rows}, x.options());
+    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+    float *yp = y.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+    at::parallel_for(0, rows, grain_rows(d), [&](int64_t b, int64_t e) {
+      rms_norm_rows(xp, wp, yp, rp, d, static_cast<float>(eps), b, e);
+    });
+    ctx->save_for_backward({x, w, rstd});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &rstd = saved[2];
+    const at::Tensor dy = grads[0].contiguous();
+    const int64_t d = x.size(-1), rows = rstd.numel();
+    at::Tensor dx;
+    if (ctx->needs_input_grad(0)) {
+      dx = at::empty_like(x);
+      const float *dyp = dy.data_ptr<float>(), *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(),
+                  *rp = rstd.data_ptr<float>();
+      float* dxp = dx.data_ptr<float>();
+      at::parallel_for(0, rows, grain_rows(d), [&](int64_t b, int64_t e) {
+        rms_norm_grad_rows(dyp, xp, wp, rp, dxp, d, b, e);
+      });
+    }
+    at::Tensor dw;
+    if (ctx->needs_input_grad(1)) {  // full fine-tuning only: plain ops are fine here
+      dw = (dy.view({rows, d}) * x.view({rows, d}) * rstd.unsqueeze(1)).sum(0);
+    }
+    return {dx, dw, at::Tensor()};
+  }
+};
+
+// ---- Rotary embedding, HF "rotate half": y = x·cos + (−x₂, x₁)·sin ----
+// `signed_sin` holds (−sin, sin) per half, so y_j = x_j·cos_j + x_swap(j)·s_j. The backward pass
+// applies the transpose, dx_j = dy_j·cos_j + dy_swap(j)·s_swap(j).
+
+NR_CLONES void rope_rows(const float* x, int64_t sb, int64_t st, int64_t sh, int64_t t_len, int64_t heads,
+                         const float* cos, const float* ssin, bool transpose, float* y, int64_t hd, int64_t begin,
+                         int64_t end) {
+  const int64_t half = hd / 2;
+  for (int64_t row = begin; row < end; ++row) {  // row = b·T + t
+    const int64_t b = row / t_len, t = row % t_len;
+    const float* c = cos + row * hd;
+    const float* s = ssin + row * hd;
+    const float* s_lo = transpose ? s + half : s;  // the sine multiplying x_{j+half} for j < half
+    const float* s_hi = transpose ? s : s + half;  // ... and x_{j-half} for j >= half
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* xi = x + b * sb + t * st + h * sh;
+      float* yi = y + (row * heads + h) * hd;
+#pragma omp simd
+      for (int64_t j = 0; j < half; ++j) {
+        yi[j] = xi[j] * c[j] + xi[j + half] * s_lo[j];
+        yi[j + half] = xi[j + half] * c[j + half] + xi[j] * s_hi[j];
+      }
+    }
+  }
+}
+
+// x [B, T, heads, hd] with any strides but a contiguous last axis; cos, signed_sin [B·T, hd].
+at::Tensor rope_apply(const at::Tensor& input, const at::Tensor& cos, const at::Tensor& ssin, bool transpose) {
+  const at::Tensor x = input.stride(3) == 1 ? input : input.contiguous();
+  const int64_t bsz = x.size(0), t_len = x.size(1), heads = x.size(2), hd = x.size(3);
+  TORCH_CHECK(hd % 2 == 0 && cos.size(0) == bsz * t_len && cos.size(1) == hd && cos.is_contiguous() &&
+                  ssin.is_contiguous() && ssin.sizes() == cos.sizes(),
+              "rope: tables ", cos.sizes(), " do not fit activations ", x.sizes());
+  at::Tensor y = at::empty({bsz, t_len, heads, hd}, x.options());
+  const float *xp = x.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = ssin.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1), sh = x.stride(2);
+  at::parallel_for(0, bsz * t_len, grain_rows(heads * hd), [&](int64_t b, int64_t e) {
+    rope_rows(xp, sb, st, sh, t_len, heads, cp, sp, transpose, yp, hd, b, e);
+  });
+  return y;
+}
+
+struct Rope : public torch::autograd::Function<Rope> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& ssin) {
+    ctx->save_for_backward({cos, ssin});
+    return rope_apply(x, cos, ssin, false);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {rope_apply(grads[0], saved[0], saved[1], true), at::Tensor(), at::Tensor()};
+  }
+};
+
+// ---- SwiGLU: y = silu(gate)·up from gate|up side by side, [N, 2I] -> [N, I] ----
+
+NR_CLONES void silu_mul_rows(const float* gu, float* y, int64_t inter, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float* g = gu + i * 2 * inter;
+    const float* u = g + inter;
+    float* yi = y + i * inter;
+#pragma omp simd
+    for (int64_t j = 0; j < inter; ++j) yi[j] = g[j] / (1.0f + exp_approx(-g[j])) * u[j];
+  }
+}
+
+// d gate = dy·up·σ(g)·(1 + g·(1 − σ(g))), d up = dy·silu(g).
+NR_CLONES void silu_mul_grad_rows(const float* dy, const float* gu, float* dgu, int64_t inter, int64_t begin,
+                                  int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float* g = gu + i * 2 * inter;
+    const float* u = g + inter;
+    const float* dyi = dy + i * inter;
+    float* dg = dgu + i * 2 * inter;
+    float* du = dg + inter;
+#pragma omp simd
+    for (int64_t j = 0; j < inter; ++j) {
+      const float s = 1.0f / (1.0f + exp_approx(-g[j]));
+      du[j] = dyi[j] * g[j] * s;
+      dg[j] = dyi[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
+    }
+  }
+}
+
+struct SiluMul : public torch::autograd::Function<SiluMul> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input) {
+    const at::Tensor gu = input.contiguous();
+    const int64_t inter = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(gu.size(-1), 1);
+    TORCH_CHECK(gu.size(-1) % 2 == 0, "silu_mul: odd last axis ", gu.size(-1));
+    std::vector<int64_t> shape = gu.sizes().vec();
+    shape.back() = inter;
+    at::Tensor y = at::empty(shape, gu.options());
+    const float* gp = gu.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, rows, grain_rows(inter), [&](int64_t b, int64_t e) { silu_mul_rows(gp, yp, inter, b, e); });
+    ctx->save_for_backward({gu});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor gu = ctx->get_saved_variables()[0];
+    const at::Tensor dy = grads[0].contiguous();
+    const int64_t inter = gu.size(-1) / 2, rows = dy.numel() / std::max<int64_t>(inter, 1);
+    at::Tensor dgu = at::empty_like(gu);
+    const float *dyp = dy.data_ptr<float>(), *gp = gu.data_ptr<float>();
+    float* dp = dgu.data_ptr<float>();
+    at::parallel_for(0, rows, grain_rows(2 * inter),
+                     [&](int64_t b, int64_t e) { silu_mul_grad_rows(dyp, gp, dp, inter, b, e); });
+    return {dgu};
+  }
+};
+
+// ---- Cached attention for sampling: rotate q and k, append k and v to the cache, attend ----
+// Row b's new token t sits at position lens[b] + t and sees cache positions 0..=that. The query
+// heads sharing a kv head are handled by one task, so each key and value is read once per row.
+
+struct CachedAttentionArgs {
+  const float *q, *k, *v, *cos, *ssin;
+  int64_t q_strides[3], k_strides[3], v_strides[3];
+  float *k_cache, *v_cache, *out;
+  const int64_t* lens;
+  int64_t t_len, heads, kv_heads, hd, capacity;
+};
+
+inline void rotate_into(const float* x, const float* c, const float* s, float scale, float* y, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t j = 0; j < half; ++j) y[j] = (x[j] * c[j] + x[j + half] * s[j]) * scale;
+  for (int64_t j = half; j < hd; ++j) y[j] = (x[j] * c[j] + x[j - half] * s[j]) * scale;
+}
+
+NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begin, int64_t end) {
+  const int64_t hd = a.hd, group = a.heads / a.kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> scores(a.capacity), query(hd);
+  for (int64_t task = begin; task < end; ++task) {  // task = b·kv_heads + kv head
+    const int64_t b = task / a.kv_heads, h = task % a.kv_heads, start = a.lens[b];
+    float* keys = a.k_cache + task * a.capacity * hd;
+    float* values = a.v_cache + task * a.capacity * hd;
+    for (int64_t t = 0; t < a.t_len; ++t) {
+      const int64_t row = b * a.t_len + t;
+      const float* k = a.k + b * a.k_strides[0] + t * a.k_strides[1] + h * a.k_strides[2];
+      const float* v = a.v + b * a.v_strides[0] + t * a.v_strides[1] + h * a.v_strides[2];
+      rotate_into(k, a.cos + row * hd, a.ssin + row * hd, 1.0f, keys + (start + t) * hd, hd);
+      std::memcpy(values + (start + t) * hd, v, hd * sizeof(float));
+    }
+    for (int64_t t = 0; t < a.t_len; ++t) {
+      const int64_t row = b * a.t_len + t, visible = start + t + 1;
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t head = h * group + g;
+        const float* q = a.q + b * a.q_strides[0] + t * a.q_strides[1] + head * a.q_strides[2];
+        rotate_into(q, a.cos + row * hd, a.ssin + row * hd, scale, query.data(), hd);
+        float top = -INFINITY;
+        for (int64_t j = 0; j < visible; ++j) {
+          const float* kj = keys + j * hd;
+          float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t e = 0; e < hd; ++e) dot += query[e] * kj[e];
+          scores[j] = dot;
+          top = std::max(top, dot);
+        }
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < visible; ++j) {
+          scores[j] = exp_approx(scores[j] - top);
+          total += scores[j];
+        }
+        float* o = a.out + (row * a.heads + head) * hd;
+        std::fill(o, o + hd, 0.0f);
+        const float inv = 1.0f / total;
+        for (int64_t j = 0; j < visible; ++j) {
+          const float p = scores[j] * inv;
+          const float* vj = values + j * hd;
+#pragma omp simd
+          for (int64_t e = 0; e < hd; ++e) o[e] += p * vj[e];
+        }
+      }
+    }
+  }
+}
+
+// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis);
+// cos, signed_sin [B·T, hd]; caches [B, kv_heads, capacity, hd]; lens [B] int64.
+// Returns [B·T, heads·hd].
+at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                            const at::Tensor& cos, const at::Tensor& ssin, at::Tensor& k_cache, at::Tensor& v_cache,
+                            const at::Tensor& lens_in) {
+  at::NoGradGuard no_grad;
+  auto last_contiguous = [](const at::Tensor& x) { return x.stride(3) == 1 ? x : x.contiguous(); };
+  const at::Tensor q = last_contiguous(q_in), k = last_contiguous(k_in), v = last_contiguous(v_in);
+  const at::Tensor lens = lens_in.to(at::kLong).contiguous();
+  const int64_t bsz = q.size(0), t_len = q.size(1), heads = q.size(2), hd = q.size(3);
+  const int64_t kv_heads = k.size(2), capacity = k_cache.size(2);
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0 && k.sizes() == v.sizes() && k.size(0) == bsz &&
+                  k.size(1) == t_len && k.size(3) == hd,
+              "cached_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.size(0) == bsz && k_cache.size(1) == kv_heads && k_cache.size(3) == hd,
+              "cached_attention: cache ", k_cache.sizes(), " does not fit ", k.sizes());
+  TORCH_CHECK(lens.numel() == bsz && cos.is_contiguous() && ssin.is_contiguous() && cos.size(0) == bsz * t_len &&
+                  cos.size(1) == hd,
+              "cached_attention: lens or rope tables do not fit");
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < bsz; ++b) {
+    TORCH_CHECK(lp[b] >= 0 && lp[b] + t_len <= capacity, "cached_attention: row ", b, " at ", lp[b], " + ", t_len,
+                " overflows the cache's ", capacity, " positions");
+  }
+  at::Tensor out = at::empty({bsz * t_len, heads * hd}, q.options());
+  CachedAttentionArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), cos.data_ptr<float>(),
+                        ssin.data_ptr<float>(), {q.stride(0), q.stride(1), q.stride(2)},
+                        {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
+                        k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), out.data_ptr<float>(), lp, t_len,
+                        heads, kv_heads, hd, capacity};
+  at::parallel_for(0, bsz * kv_heads, 1, [&](int64_t b, int64_t e) { cached_attention_tasks(a, b, e); });
+  return out;
+}
+
+// Run `f`, turning a C++ exception into a null result and a message for the caller.
+template <typename F>
+at::Tensor* guarded(F f) {
+  try {
+    return new at::Tensor(f());
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* nr_last_error() { return last_error.c_str(); }
+
+at::Tensor* nr_rms_norm(const at::Tensor* x, const at::Tensor* weight, double eps) {
+  return guarded([&] { return RmsNorm::apply(*x, *weight, eps); });
+}
+
+at::Tensor* nr_rope(const at::Tensor* x, const at::Tensor* cos, const at::Tensor* signed_sin) {
+  return guarded([&] { return Rope::apply(*x, *cos, *signed_sin); });
+}
+
+at::Tensor* nr_silu_mul(const at::Tensor* gate_up) {
+  return guarded([&] { return SiluMul::apply(*gate_up); });
+}
+
+at::Tensor* nr_cached_attention(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const at::Tensor* cos,
+                                const at::Tensor* signed_sin, at::Tensor* k_cache, at::Tensor* v_cache,
+                                const at::Tensor* lens) {
+  return guarded([&] { return cached_attention(*q, *k, *v, *cos, *signed_sin, *k_cache, *v_cache, *lens); });
+}
+
+}  // extern "C"

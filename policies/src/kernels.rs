@@ -1,0 +1,84 @@
+//! Fused float32 CPU kernels (csrc/kernels.cpp): RMSNorm, rotary embedding and SwiGLU with
+//! their backward passes, and cached attention for sampling. The decoder uses them whenever its
+//! activations are float32 on the CPU; elsewhere (CUDA, bf16/f16) it runs the same maths as
+//! eager ops. `NOREGRET_FUSED=0` turns them off (for A/B measurements); tests can switch them per
+//! thread with [`with_fused`].
+
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use std::sync::OnceLock;
+
+use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn nr_last_error() -> *const c_char;
+    fn nr_rms_norm(x: *const C_tensor, weight: *const C_tensor, eps: f64) -> *mut C_tensor;
+    fn nr_rope(x: *const C_tensor, cos: *const C_tensor, signed_sin: *const C_tensor) -> *mut C_tensor;
+    fn nr_silu_mul(gate_up: *const C_tensor) -> *mut C_tensor;
+    fn nr_cached_attention(
+        q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, cos: *const C_tensor, signed_sin: *const C_tensor,
+        k_cache: *mut C_tensor, v_cache: *mut C_tensor, lens: *const C_tensor,
+    ) -> *mut C_tensor;
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+fn enabled_by_env() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("NOREGRET_FUSED").map(|v| v != "0").unwrap_or(true))
+}
+
+/// Whether the fused kernels serve activations like `x` on this thread.
+pub fn applies(x: &Tensor) -> bool {
+    x.device() == Device::Cpu && x.kind() == Kind::Float && OVERRIDE.with(Cell::get).unwrap_or_else(enabled_by_env)
+}
+
+/// Run `f` with the fused kernels switched on or off on this thread (tests and benchmarks).
+pub fn with_fused<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let before = OVERRIDE.with(|o| o.replace(Some(on)));
+    let out = f();
+    OVERRIDE.with(|o| o.set(before));
+    out
+}
+
+/// The kernels check shapes the decoder guarantees; a failure here is a bug, not bad input.
+fn wrap(ptr: *mut C_tensor, what: &str) -> Tensor {
+    if ptr.is_null() {
+        let message = unsafe { CStr::from_ptr(nr_last_error()) }.to_string_lossy();
+        panic!("fused {what} kernel failed: {message}");
+    }
+    unsafe { Tensor::from_ptr(ptr) }
+}
+
+/// RMSNorm of the last axis, as transformers computes it in float32. Differentiable in both.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    wrap(unsafe { nr_rms_norm(x.as_ptr(), weight.as_ptr(), eps) }, "rms_norm")
+}
+
+/// Rotary embedding of x [B, T, heads, hd] (any strides, contiguous last axis) with the tables
+/// cos and signed sin [B·T, hd]. Returns a contiguous tensor. Differentiable in x.
+pub fn rope(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    wrap(unsafe { nr_rope(x.as_ptr(), cos.as_ptr(), signed_sin.as_ptr()) }, "rope")
+}
+
+/// silu(gate)·up from [.., 2I] holding gate then up; returns [.., I]. Differentiable.
+pub fn silu_mul(gate_up: &Tensor) -> Tensor {
+    wrap(unsafe { nr_silu_mul(gate_up.as_ptr()) }, "silu_mul")
+}
+
+/// Rotate q [B, T, heads, hd] and k [B, T, kv_heads, hd], write k and v at positions
+/// lens[b]..lens[b]+T of the caches [B, kv_heads, capacity, hd], and attend causally over each
+/// row's cache. Returns [B·T, heads·hd]. Not differentiable (sampling only).
+#[allow(clippy::too_many_arguments)]
+pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, signed_sin: &Tensor,
+                        k_cache: &mut Tensor, v_cache: &mut Tensor, lens: &Tensor) -> Tensor {
+    let out = unsafe {
+        nr_cached_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), cos.as_ptr(), signed_sin.as_ptr(),
+                            k_cache.as_mut_ptr(), v_cache.as_mut_ptr(), lens.as_ptr())
+    };
+    wrap(out, "cached attention")
+}

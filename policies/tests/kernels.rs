@@ -1,0 +1,104 @@
+//! The fused CPU kernels against the eager ops they replace: same values and same gradients.
+
+use policies::kernels::{self, with_fused};
+use policies::model::rms_norm;
+use tch::{Kind, Tensor};
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+fn randn(shape: &[i64], scale: f64) -> Tensor {
+    (Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * scale).set_requires_grad(true)
+}
+
+/// Value and input gradients of `f` under a fixed random upstream gradient, fused and eager.
+fn both_ways(inputs: &[&Tensor], f: impl Fn() -> Tensor) -> [(Tensor, Vec<Tensor>); 2] {
+    [true, false].map(|fused| {
+        with_fused(fused, || {
+            let y = f();
+            tch::manual_seed(7);
+            let upstream = Tensor::randn(y.size(), (Kind::Float, tch::Device::Cpu));
+            let loss = (y.shallow_clone() * upstream).sum(Kind::Float);
+            (y.detach(), Tensor::run_backward(&[loss], inputs, false, false))
+        })
+    })
+}
+
+fn assert_same(what: &str, [(y1, g1), (y0, g0)]: [(Tensor, Vec<Tensor>); 2], tol: f64) {
+    assert!(max_diff(&y1, &y0) < tol, "{what}: values differ by {}", max_diff(&y1, &y0));
+    for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+        assert!(max_diff(a, b) < tol, "{what}: gradient {i} differs by {}", max_diff(a, b));
+    }
+}
+
+#[test]
+fn rms_norm_matches_eager_values_and_gradients() {
+    tch::manual_seed(0);
+    let x = randn(&[3, 5, 96], 2.0);
+    let w = randn(&[96], 1.0);
+    assert_same("rms_norm", both_ways(&[&x, &w], || rms_norm(&x, &w, 1e-6)), 1e-5);
+    // A strided view (qwen3's q/k norms see slices of the fused qkv output).
+    let wide = randn(&[2, 7, 6, 32], 1.0);
+    let hw = randn(&[32], 1.0);
+    let slice = || wide.narrow(2, 1, 3);
+    assert_same("rms_norm on a view", both_ways(&[&wide, &hw], || rms_norm(&slice(), &hw, 1e-5)), 1e-5);
+}
+
+#[test]
+fn rope_matches_eager_values_and_gradients() {
+    tch::manual_seed(1);
+    let (b, t, heads, hd) = (2, 9, 5, 16);
+    let qkv = randn(&[b, t, heads + 2, hd], 1.0);
+    let cos = Tensor::rand([b, t, 1, hd], (Kind::Float, tch::Device::Cpu));
+    let sin = Tensor::rand([b, t, 1, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
+    let f = || policies::rope::apply(&qkv.narrow(2, 0, heads), &cos, &sin);
+    assert_same("rope", both_ways(&[&qkv], f), 1e-6);
+}
+
+#[test]
+fn silu_mul_matches_eager_values_and_gradients() {
+    tch::manual_seed(2);
+    // Wide enough range to reach the clamps of the kernel's exp.
+    let gu = randn(&[37, 2 * 45], 30.0);
+    let f = || {
+        if kernels::applies(&gu) {
+            kernels::silu_mul(&gu)
+        } else {
+            let parts = gu.chunk(2, 1);
+            parts[0].silu() * &parts[1]
+        }
+    };
+    let [(y1, g1), (y0, g0)] = both_ways(&[&gu], f);
+    // Relative: values reach ~1e3.
+    let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / (1.0 + b.abs().max().double_value(&[]));
+    assert!(rel(&y1, &y0) < 1e-6, "silu_mul values differ: {}", rel(&y1, &y0));
+    assert!(rel(&g1[0], &g0[0]) < 1e-6, "silu_mul gradients differ: {}", rel(&g1[0], &g0[0]));
+}
+
+#[test]
+#[ignore = "timing probe: cargo test --release -p policies --test kernels -- --ignored --nocapture"]
+fn timing_probe() {
+    let time = |what: &str, f: &dyn Fn() -> Tensor| {
+        for _ in 0..3 {
+            let _ = f();
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..50 {
+            let _ = f();
+        }
+        println!("{what}: {:.1} us", start.elapsed().as_secs_f64() * 1e6 / 50.0);
+    };
+    for rows in [16, 64, 2048] {
+        let gu = Tensor::randn([rows, 3072], (Kind::Float, tch::Device::Cpu));
+        time(&format!("silu_mul fused [{rows}, 3072]"), &|| kernels::silu_mul(&gu));
+        time(&format!("silu_mul eager [{rows}, 3072]"), &|| {
+            let p = gu.chunk(2, 1);
+            p[0].silu() * &p[1]
+        });
+        let x = Tensor::randn([rows, 512], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([512], (Kind::Float, tch::Device::Cpu));
+        time(&format!("rms_norm fused [{rows}, 512]"), &|| with_fused(true, || rms_norm(&x, &w, 1e-6)));
+        time(&format!("rms_norm eager [{rows}, 512]"), &|| with_fused(false, || rms_norm(&x, &w, 1e-6)));
+    }
+}
