@@ -29,6 +29,8 @@ namespace {
 // Each hot loop is compiled for AVX-512, AVX2 and plain x86-64; the loader picks by CPU features.
 // (Built with -fno-trapping-math, without which GCC will not vectorize the clamps in exp_approx.)
 #define NR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// Helpers called from those loops must be inlined into each clone to get its instruction set.
+#define NR_INLINE inline __attribute__((always_inline))
 
 thread_local std::string last_error;
 
@@ -40,7 +42,7 @@ int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::m
 // x is clamped to ±80, well inside the normal range: the vectorized clamp evaluates both sides,
 // and results near the denormal range (e^-87) trigger microcode assists that cost 15× the loop.
 // Callers lose nothing: e^-80 ≈ 2e-35 is 0 next to the 1 it is added to.
-inline float exp_approx(float x) {
+NR_INLINE float exp_approx(float x) {
   x = x < -80.0f ? -80.0f : x;
   x = x > 80.0f ? 80.0f : x;
   const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to the nearest integer
@@ -258,10 +260,59 @@ struct CachedAttentionArgs {
   int64_t t_len, heads, kv_heads, hd, capacity;
 };
 
-inline void rotate_into(const float* x, const float* c, const float* s, float scale, float* y, int64_t hd) {
+NR_INLINE void rotate_into(const float* x, const float* c, const float* s, float scale, float* y, int64_t hd) {
   const int64_t half = hd / 2;
   for (int64_t j = 0; j < half; ++j) y[j] = (x[j] * c[j] + x[j + half] * s[j]) * scale;
   for (int64_t j = half; j < hd; ++j) y[j] = (x[j] * c[j] + x[j - half] * s[j]) * scale;
+}
+
+// One query against `visible` cached keys: scores, softmax, weighted sum of values into `out`.
+// HD is the head size when known at compile time (then the output accumulates in registers),
+// 0 for any other size. Keys are taken four at a time so their dot products run side by side.
+template <int64_t HD>
+NR_INLINE void attend(const float* query, const float* keys, const float* values, int64_t visible, int64_t hd_any,
+                   float* scores, float* out) {
+  const int64_t hd = HD > 0 ? HD : hd_any;
+  float top = -INFINITY;
+  int64_t j = 0;
+  for (; j + 4 <= visible; j += 4) {
+    const float *k0 = keys + j * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int64_t e = 0; e < hd; ++e) {
+      d0 += query[e] * k0[e];
+      d1 += query[e] * k1[e];
+      d2 += query[e] * k2[e];
+      d3 += query[e] * k3[e];
+    }
+    scores[j] = d0, scores[j + 1] = d1, scores[j + 2] = d2, scores[j + 3] = d3;
+    top = std::max(top, std::max(std::max(d0, d1), std::max(d2, d3)));
+  }
+  for (; j < visible; ++j) {
+    const float* kj = keys + j * hd;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t e = 0; e < hd; ++e) dot += query[e] * kj[e];
+    scores[j] = dot;
+    top = std::max(top, dot);
+  }
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < visible; ++i) {
+    scores[i] = exp_approx(scores[i] - top);
+    total += scores[i];
+  }
+  const float inv = 1.0f / total;
+  float acc[HD > 0 ? HD : 1];
+  float* o = HD > 0 ? acc : out;
+  std::fill(o, o + hd, 0.0f);
+  for (int64_t i = 0; i < visible; ++i) {
+    const float p = scores[i] * inv;
+    const float* vi = values + i * hd;
+#pragma omp simd
+    for (int64_t e = 0; e < hd; ++e) o[e] += p * vi[e];
+  }
+  if (HD > 0) std::memcpy(out, acc, hd * sizeof(float));
 }
 
 NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begin, int64_t end) {
@@ -285,29 +336,11 @@ NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begi
         const int64_t head = h * group + g;
         const float* q = a.q + b * a.q_strides[0] + t * a.q_strides[1] + head * a.q_strides[2];
         rotate_into(q, a.cos + row * hd, a.ssin + row * hd, scale, query.data(), hd);
-        float top = -INFINITY;
-        for (int64_t j = 0; j < visible; ++j) {
-          const float* kj = keys + j * hd;
-          float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t e = 0; e < hd; ++e) dot += query[e] * kj[e];
-          scores[j] = dot;
-          top = std::max(top, dot);
-        }
-        float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < visible; ++j) {
-          scores[j] = exp_approx(scores[j] - top);
-          total += scores[j];
-        }
         float* o = a.out + (row * a.heads + head) * hd;
-        std::fill(o, o + hd, 0.0f);
-        const float inv = 1.0f / total;
-        for (int64_t j = 0; j < visible; ++j) {
-          const float p = scores[j] * inv;
-          const float* vj = values + j * hd;
-#pragma omp simd
-          for (int64_t e = 0; e < hd; ++e) o[e] += p * vj[e];
+        switch (hd) {
+          case 64: attend<64>(query.data(), keys, values, visible, hd, scores.data(), o); break;
+          case 128: attend<128>(query.data(), keys, values, visible, hd, scores.data(), o); break;
+          default: attend<0>(query.data(), keys, values, visible, hd, scores.data(), o);
         }
       }
     }
