@@ -12,10 +12,10 @@ Prints one JSON line per workload: GFLOP/s of the bare products and their % of t
 """
 import argparse
 import json
-import statistics
-import time
 
 import torch
+
+from peer import median_time  # same folder: the peers' timing helper
 
 
 def linear_shapes(cfg):
@@ -28,13 +28,7 @@ def linear_shapes(cfg):
 
 
 def median_seconds(fn, runs=7):
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, runs)[0]
 
 
 def main():

@@ -1,12 +1,14 @@
 """noregret's benchmarks, each beside its Python peer in the same run, as one Markdown report.
 
-  python bench/run_bench.py [--only generate,lora,train] [--workdir DIR] [--threads 2]
+  python bench/run_bench.py [--only generate,lora,train,floor] [--workdir DIR] [--threads 2]
 
 Needs the release binary (NOREGRET_BIN, default target/release/noregret) and the venv with torch,
 transformers and peft. Models are made locally (bench/make_model.py); nothing is downloaded.
 Each figure is the median of --rounds interleaved repeats (noregret and its peer alternate), each
 repeat itself a median of --runs timed runs after a warm-up. Results: the Markdown tables on
-stdout, raw JSON lines (with every round's figure) in WORKDIR/results.jsonl.
+stdout, raw JSON lines (with every round's figure) in WORKDIR/results.jsonl. The `floor` part
+times the bare matmuls of each workload (bench/gemm_floor.py): the most any float32
+implementation built on the same matmul could reach.
 """
 import argparse
 import json
@@ -59,7 +61,7 @@ def rounds(n, *commands):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="generate,lora,train")
+    ap.add_argument("--only", default="generate,lora,train,floor")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
@@ -78,15 +80,17 @@ def main():
 
     if "generate" in parts:
         print("### Generation: small preset, prompt 32, 64 new tokens, pure sampling\n")
-        print("| batch | noregret tok/s | HF generate tok/s | ratio | noregret GFLOP/s (new tokens) | % of matmul ceiling | incl. prefill |")
-        print("|---|---|---|---|---|---|---|")
+        print("| batch | noregret tok/s | HF generate tok/s | ratio | noregret GFLOP/s (new tokens) | % of matmul ceiling | incl. prefill | HF: % of ceiling / incl. prefill |")
+        print("|---|---|---|---|---|---|---|---|")
         mine, hf = rounds(n, lambda: ours(th, "generate", "--model", models["small"], "--runs", runs),
                           lambda: peer(th, "generate", "--model", models["small"], "--runs", runs))
         for a, b in zip(mine, hf):
             gf = a["tok_per_s"] * 2 * MATMUL_PARAMS["small"] / 1e9
             gf_all = gf * (32 + 64) / 64
+            hf_gf = b["tok_per_s"] * 2 * MATMUL_PARAMS["small"] / 1e9
             print(f"| {a['batch']} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {a['tok_per_s'] / b['tok_per_s']:.2f}x | "
-                  f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {100 * gf_all / ceiling:.0f}% |")
+                  f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {100 * gf_all / ceiling:.0f}% | "
+                  f"{100 * hf_gf / ceiling:.0f}% / {100 * hf_gf * 1.5 / ceiling:.0f}% |")
         rows += mine + hf
         print()
 
@@ -105,8 +109,8 @@ def main():
 
     if "train" in parts:
         print("### Learner step: batch 16 x 96 tokens, forward + backward + AdamW\n")
-        print("| model | mode | noregret tok/s | PyTorch+peft tok/s | ratio | noregret GFLOP/s | % of ceiling | peak RSS noregret / peer (MiB) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| model | mode | noregret tok/s | PyTorch+peft tok/s | ratio | noregret GFLOP/s | % of ceiling | peer % of ceiling | peak RSS noregret / peer (MiB) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for preset in ("tiny", "small"):
             for rank in ("2", "0"):
                 step = ("train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)
@@ -116,8 +120,20 @@ def main():
                 gf = a["tok_per_s"] * per_token / 1e9
                 mode = f"LoRA r={rank}" if rank != "0" else "full FT"
                 print(f"| {preset} | {mode} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {a['tok_per_s'] / b['tok_per_s']:.2f}x | "
-                      f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} |")
+                      f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {100 * b['tok_per_s'] * per_token / 1e9 / ceiling:.0f}% | "
+                      f"{a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} |")
                 rows += [a, b]
+        print()
+
+    if "floor" in parts:
+        print("### Bare matmuls of each workload (small preset): the float32 floor\n")
+        print("| workload | rows | GFLOP/s | % of ceiling |")
+        print("|---|---|---|---|")
+        floor = run([PY, os.path.join(HERE, "gemm_floor.py"), "--model", models["small"], "--threads", str(th)])
+        for r in floor:
+            if r["bench"] == "gemm_floor":
+                print(f"| {r['workload']} | {r['rows']} | {r['gflops']:.0f} | {100 * r['gflops'] / ceiling:.0f}% |")
+        rows += floor
         print()
 
     os.makedirs(args.workdir, exist_ok=True)

@@ -408,7 +408,11 @@ impl LoraRuntime {
             }
             None => xa,
         };
-        y.addmm(&xa, &p.b_t)
+        // In place: `y` is always a fresh matmul output that autograd has not saved, and
+        // writing into it saves a full pass over [tokens, out] and an allocation per group.
+        let mut y = y;
+        let _ = y.addmm_(&xa, &p.b_t);
+        y
     }
 }
 
