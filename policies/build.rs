@@ -23,8 +23,25 @@ fn compile_kernels() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag("-fopenmp-simd")
+        // OpenMP for real, not only its simd pragmas: at::parallel_for is an inline template
+        // whose threads come from `#pragma omp parallel`, compiled into this file.
+        .flag("-fopenmp")
         .flag("-fno-trapping-math")
         .file("csrc/kernels.cpp")
         .compile("noregret_kernels");
+    link_openmp(std::path::Path::new(&lib));
+}
+
+/// Link the OpenMP runtime libtorch itself uses (wheels and libtorch archives bundle one in the
+/// lib directory, sometimes under a hashed name), so the kernels' threads join torch's pool
+/// instead of starting a second runtime; the system's libgomp only if there is none.
+fn link_openmp(lib: &std::path::Path) {
+    let bundled = std::fs::read_dir(lib).ok().into_iter().flatten().flatten().map(|e| e.file_name()).find(|name| {
+        let name = name.to_string_lossy();
+        name.starts_with("libgomp") && name.contains(".so")
+    });
+    match bundled {
+        Some(name) => println!("cargo:rustc-link-lib=dylib:+verbatim={}", name.to_string_lossy()),
+        None => println!("cargo:rustc-link-lib=gomp"),
+    }
 }

@@ -27,7 +27,8 @@ using torch::autograd::variable_list;
 namespace {
 
 // Each hot loop is compiled for AVX-512, AVX2 and plain x86-64; the loader picks by CPU features.
-// (Built with -fno-trapping-math, without which GCC will not vectorize the clamps in exp_approx.)
+// (Built with -fno-trapping-math, without which GCC will not vectorize the clamps in exp_approx,
+// and -fopenmp, without which at::parallel_for silently runs on one thread.)
 #define NR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 // Helpers called from those loops must be inlined into each clone to get its instruction set.
 #define NR_INLINE inline __attribute__((always_inline))

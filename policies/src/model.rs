@@ -20,11 +20,6 @@ use crate::weights::WeightStore;
 /// Longest rotary table built up front; longer contexts than this are refused.
 const MAX_ROPE_POSITIONS: i64 = 32768;
 
-/// Up to this many new query rows (batch × new tokens) the fused CPU kernel attends over the
-/// cache; above it the batched matmuls win (`noregret bench generate`, small preset: +5–12% at
-/// batch 1–8, −5% at 16 and 64).
-const FUSED_ATTENTION_MAX_QUERIES: i64 = 8;
-
 /// Projection weights are stored transposed, [in, out]: x·Wᵀ is then a plain x·W, which MKL
 /// multiplies without repacking the weight on every call (1.3–1.8× faster at decode batch sizes).
 pub struct Layer {
@@ -188,7 +183,7 @@ impl Model {
         }
         let lens = Tensor::from_slice(cache.lens()).to_device(self.device);
         let positions = lens.unsqueeze(1) + Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0); // [B, T]
-        if kernels::applies(&self.embed) && b * t <= FUSED_ATTENTION_MAX_QUERIES {
+        if kernels::applies(&self.embed) {
             let hidden = self.run(tokens, &positions, Attention::FusedCached { cache: &mut *cache, lens }, lora);
             cache.advance(counts);
             return Ok(hidden);

@@ -78,8 +78,8 @@ fn silu_mul_matches_eager_values_and_gradients() {
 
 /// Prefill then decode through the KV cache with the fused kernels and with the eager ops:
 /// hidden states agree. Head sizes 64 (the kernel's compiled-in size) and 24 (its general loop);
-/// one row (prefill and 3-token steps fused), 3 rows (fused decode) and 6 × 2 tokens (above the
-/// fused attention's threshold: matmuls).
+/// one row with 3-token steps, 3 rows decoding, 6 rows with 2-token steps; rows of different
+/// lengths.
 #[test]
 fn cached_forward_fused_equals_eager() {
     for head_dim in [64, 24] {
@@ -137,3 +137,4 @@ fn timing_probe() {
         time(&format!("rms_norm eager [{rows}, 512]"), &|| with_fused(false, || rms_norm(&x, &w, 1e-6)));
     }
 }
+
