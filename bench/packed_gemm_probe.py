@@ -1,0 +1,66 @@
+"""Would pre-packed weights speed up decoding? MKL's packed GEMM against plain `mm`.
+
+libtorch exports MKL's cblas_sgemm_pack / cblas_sgemm_compute. This probe packs the weights of
+the `small` preset's 8 layers once and times one decode step's matmuls both ways at batch 1, 16
+and 64, and prints the packed buffers' size (MKL pads them; the cost is memory).
+
+  python bench/packed_gemm_probe.py
+
+Measured 2026-11-29 on the 2-core VM: batch 16 +15-30 %, batch 64 +25 % on the bare matmuls, for
+386 MB of packed buffers against 101 MB of weights. A buffer packed once works for any row count.
+"""
+import ctypes
+import os
+import statistics
+import time
+
+import torch
+
+ROW_MAJOR, NO_TRANS, B_MATRIX, PACKED = 101, 111, 162, 151
+
+
+def main():
+    torch.set_num_threads(2)
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    lib.cblas_sgemm_pack_get_size.restype = ctypes.c_size_t
+    lib.cblas_sgemm_pack_get_size.argtypes = [ctypes.c_int] * 4
+    lib.cblas_sgemm_pack.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    lib.cblas_sgemm_compute.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                                            ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+    shapes = [(512, 1024), (512, 512), (512, 3072), (1536, 512)] * 8  # small: qkv, o, gate|up, down
+    weights = [torch.randn(k, n) for k, n in shapes]
+    packs = []
+    for w in weights:
+        k, n = w.shape
+        buf = torch.empty(lib.cblas_sgemm_pack_get_size(B_MATRIX, 64, n, k) // 4 + 16)
+        lib.cblas_sgemm_pack(ROW_MAJOR, B_MATRIX, NO_TRANS, 64, n, k, 1.0, w.data_ptr(), n, buf.data_ptr())
+        packs.append(buf)
+    print(f"packed {sum(p.numel() * 4 for p in packs) / 1e6:.0f} MB, weights {sum(w.numel() * 4 for w in weights) / 1e6:.0f} MB")
+    for m in (1, 16, 64):
+        xs = {k: torch.randn(m, k) for k, _ in shapes}
+        outs = {n: torch.empty(m, n) for _, n in shapes}
+
+        def plain():
+            for w in weights:
+                torch.mm(xs[w.shape[0]], w)
+
+        def packed():
+            for w, p in zip(weights, packs):
+                k, n = w.shape
+                lib.cblas_sgemm_compute(ROW_MAJOR, NO_TRANS, PACKED, m, n, k, xs[k].data_ptr(), k, p.data_ptr(), n, 0.0,
+                                        outs[n].data_ptr(), n)
+
+        flops = sum(2 * m * k * n for k, n in shapes)
+        for f in (plain, packed, plain, packed):
+            f()
+            times = []
+            for _ in range(9):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            print(f"batch {m:3d} {f.__name__:7s} {statistics.median(times) * 1e3:6.2f} ms "
+                  f"{flops / statistics.median(times) / 1e9:4.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
