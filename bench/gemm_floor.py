@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from peer import median_time  # same folder: the peers' timing helper
+from peer import ceiling_gflops, median_time  # same folder: the peers' helpers
 
 
 def linear_shapes(cfg):
@@ -25,10 +25,6 @@ def linear_shapes(cfg):
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     layer = [(h, q + 2 * kv), (q, h), (h, 2 * i), (i, h)]
     return layer, (h, cfg["vocab_size"])
-
-
-def median_seconds(fn, runs=7):
-    return median_time(fn, runs)[0]
 
 
 def main():
@@ -41,8 +37,7 @@ def main():
     layer, head = linear_shapes(cfg)
     weights = [torch.randn(k, n) for _ in range(cfg["num_hidden_layers"]) for k, n in layer] + [torch.randn(*head)]
 
-    ceiling = max(2 * n**3 / median_seconds(lambda: torch.mm(a, b)) / 1e9
-                  for n in (1024, 2048) for a, b in [(torch.randn(n, n), torch.randn(n, n))])
+    ceiling = max(ceiling_gflops(runs=7).values())
     print(json.dumps({"bench": "ceiling", "gflops": ceiling, "threads": args.threads}))
 
     # Decode: one step's products at batch M. Learner: forward x·W and input gradient dy·Wᵀ at 16 × 96 rows.
@@ -59,7 +54,7 @@ def main():
                     torch.mm(dys[n], w.t())
 
         flops = sum(2 * m * w.shape[0] * w.shape[1] for w in weights) * (2 if backward else 1)
-        gf = flops / median_seconds(run) / 1e9
+        gf = flops / median_time(run, 7)[0] / 1e9
         print(json.dumps({"bench": "gemm_floor", "workload": name, "rows": m, "gflops": gf,
                           "pct_of_ceiling": 100 * gf / ceiling}))
 

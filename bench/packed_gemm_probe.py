@@ -1,33 +1,41 @@
 """Would pre-packed weights speed up decoding? MKL's packed GEMM against plain `mm`.
 
-libtorch exports MKL's cblas_sgemm_pack / cblas_sgemm_compute. This probe packs the weights of
-the `small` preset's 8 layers once and times one decode step's matmuls both ways at batch 1, 16
-and 64, and prints the packed buffers' size (MKL pads them; the cost is memory).
+libtorch exports MKL's cblas_sgemm_pack / cblas_sgemm_compute. This probe packs (random) weights
+of a model's shapes once and times one decode step's matmuls both ways at batch 1, 16 and 64, and
+prints the packed buffers' size (MKL pads them; the cost is memory).
 
-  python bench/packed_gemm_probe.py
+  python bench/packed_gemm_probe.py --model target/bench/small
 
 Measured 2026-11-29 on the 2-core VM: batch 16 +15-30 %, batch 64 +25 % on the bare matmuls, for
 386 MB of packed buffers against 101 MB of weights. A buffer packed once works for any row count.
 """
+import argparse
 import ctypes
+import json
 import os
-import statistics
-import time
 
 import torch
+
+from gemm_floor import linear_shapes  # same folder
+from peer import median_time
 
 ROW_MAJOR, NO_TRANS, B_MATRIX, PACKED = 101, 111, 162, 151
 
 
 def main():
-    torch.set_num_threads(2)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     lib.cblas_sgemm_pack_get_size.restype = ctypes.c_size_t
     lib.cblas_sgemm_pack_get_size.argtypes = [ctypes.c_int] * 4
     lib.cblas_sgemm_pack.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     lib.cblas_sgemm_compute.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                                                             ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-    shapes = [(512, 1024), (512, 512), (512, 3072), (1536, 512)] * 8  # small: qkv, o, gate|up, down
+    cfg = json.load(open(f"{args.model}/config.json"))
+    shapes = linear_shapes(cfg)[0] * cfg["num_hidden_layers"]
     weights = [torch.randn(k, n) for k, n in shapes]
     packs = []
     for w in weights:
@@ -52,14 +60,8 @@ def main():
 
         flops = sum(2 * m * k * n for k, n in shapes)
         for f in (plain, packed, plain, packed):
-            f()
-            times = []
-            for _ in range(9):
-                t0 = time.perf_counter()
-                f()
-                times.append(time.perf_counter() - t0)
-            print(f"batch {m:3d} {f.__name__:7s} {statistics.median(times) * 1e3:6.2f} ms "
-                  f"{flops / statistics.median(times) / 1e9:4.0f} GFLOP/s")
+            seconds = median_time(f, 9)[0]
+            print(f"batch {m:3d} {f.__name__:7s} {seconds * 1e3:6.2f} ms {flops / seconds / 1e9:4.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
