@@ -279,8 +279,7 @@ impl Model {
         let attn = match attention {
             Attention::FusedCached { cache, lens } => {
                 let qk = qk.split_with_sizes([nh, nkv], 2);
-                let (cos, sin) = (cos.reshape([-1, hd]), sin.reshape([-1, hd]));
-                kernels::cached_attention(&qk[0], &qk[1], &v, &cos, &sin, &mut cache.k[i], &mut cache.v[i], lens)
+                kernels::cached_attention(&qk[0], &qk[1], &v, cos, sin, &mut cache.k[i], &mut cache.v[i], lens)
             }
             Attention::Causal => {
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);

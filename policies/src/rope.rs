@@ -41,27 +41,26 @@ impl Rope {
         self.cos.size()[0]
     }
 
-    /// cos and signed sin for `positions` [B, T], shaped [B, T, 1, head_dim] to broadcast over
-    /// the heads of activations laid out [B, T, heads, head_dim].
+    /// cos and signed sin for `positions` [B, T], one row per position: [B·T, head_dim].
     pub fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let flat = positions.reshape([-1]);
-        let size = positions.size();
-        let shape = [size[0], size[1], 1, -1];
-        (self.cos.index_select(0, &flat).reshape(shape), self.signed_sin.index_select(0, &flat).reshape(shape))
+        (self.cos.index_select(0, &flat), self.signed_sin.index_select(0, &flat))
     }
 }
 
-/// x·cos + rotate_half(x)·sin for x [B, T, heads, head_dim], where rotate_half(x) = (-x2, x1).
-/// Swapping the halves and multiplying by (-sin, sin) gives the same numbers in fewer ops.
+/// x·cos + rotate_half(x)·sin for x [B, T, heads, head_dim] and tables [B·T, head_dim], where
+/// rotate_half(x) = (-x2, x1). Swapping the halves and multiplying by (-sin, sin) gives the same
+/// numbers in fewer ops.
 pub fn apply(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
-    let size = x.size();
     if crate::kernels::applies(x) {
-        let hd = size[3];
-        return crate::kernels::rope(x, &cos.reshape([-1, hd]), &signed_sin.reshape([-1, hd]));
+        return crate::kernels::rope(x, cos, signed_sin);
     }
+    let size = x.size();
     let half = size[3] / 2;
+    // Broadcast one table row over the heads of its position.
+    let per_head = [size[0], size[1], 1, size[3]];
     let swapped = x.view([size[0], size[1], size[2], 2, half]).flip([3]).view(size.as_slice());
-    x * cos + swapped * signed_sin
+    x * cos.view(per_head) + swapped * signed_sin.view(per_head)
 }
 
 /// Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.

@@ -50,8 +50,8 @@ fn rope_matches_eager_values_and_gradients() {
     tch::manual_seed(1);
     let (b, t, heads, hd) = (2, 9, 5, 16);
     let qkv = randn(&[b, t, heads + 2, hd], 1.0);
-    let cos = Tensor::rand([b, t, 1, hd], (Kind::Float, tch::Device::Cpu));
-    let sin = Tensor::rand([b, t, 1, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
+    let cos = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu));
+    let sin = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
     let f = || policies::rope::apply(&qkv.narrow(2, 0, heads), &cos, &sin);
     assert_same("rope", both_ways(&[&qkv], f), 1e-6);
 }
