@@ -35,6 +35,9 @@ namespace {
 
 thread_local std::string last_error;
 
+// Kernels index rows through strides but need each row's last axis contiguous.
+at::Tensor last_axis_contiguous(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
 // Rows per parallel task: enough work that a task outweighs waking a thread.
 int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
 
@@ -142,6 +145,18 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
 // `signed_sin` holds (−sin, sin) per half, so y_j = x_j·cos_j + x_swap(j)·s_j. The backward pass
 // applies the transpose, dx_j = dy_j·cos_j + dy_swap(j)·s_swap(j).
 
+// One head: y = (x·cos + x_swap·sine) · scale, where s_lo multiplies x_{j+half} (j < half) and
+// s_hi multiplies x_{j-half} (j >= half). Forward: (s, s + half); transpose: (s + half, s).
+NR_INLINE void rotate_into(const float* x, const float* c, const float* s_lo, const float* s_hi, float scale,
+                           float* y, int64_t hd) {
+  const int64_t half = hd / 2;
+#pragma omp simd
+  for (int64_t j = 0; j < half; ++j) {
+    y[j] = (x[j] * c[j] + x[j + half] * s_lo[j]) * scale;
+    y[j + half] = (x[j + half] * c[j + half] + x[j] * s_hi[j]) * scale;
+  }
+}
+
 NR_CLONES void rope_rows(const float* x, int64_t sb, int64_t st, int64_t sh, int64_t t_len, int64_t heads,
                          const float* cos, const float* ssin, bool transpose, float* y, int64_t hd, int64_t begin,
                          int64_t end) {
@@ -153,20 +168,14 @@ NR_CLONES void rope_rows(const float* x, int64_t sb, int64_t st, int64_t sh, int
     const float* s_lo = transpose ? s + half : s;  // the sine multiplying x_{j+half} for j < half
     const float* s_hi = transpose ? s : s + half;  // ... and x_{j-half} for j >= half
     for (int64_t h = 0; h < heads; ++h) {
-      const float* xi = x + b * sb + t * st + h * sh;
-      float* yi = y + (row * heads + h) * hd;
-#pragma omp simd
-      for (int64_t j = 0; j < half; ++j) {
-        yi[j] = xi[j] * c[j] + xi[j + half] * s_lo[j];
-        yi[j + half] = xi[j + half] * c[j + half] + xi[j] * s_hi[j];
-      }
+      rotate_into(x + b * sb + t * st + h * sh, c, s_lo, s_hi, 1.0f, y + (row * heads + h) * hd, hd);
     }
   }
 }
 
 // x [B, T, heads, hd] with any strides but a contiguous last axis; cos, signed_sin [B·T, hd].
 at::Tensor rope_apply(const at::Tensor& input, const at::Tensor& cos, const at::Tensor& ssin, bool transpose) {
-  const at::Tensor x = input.stride(3) == 1 ? input : input.contiguous();
+  const at::Tensor x = last_axis_contiguous(input);
   const int64_t bsz = x.size(0), t_len = x.size(1), heads = x.size(2), hd = x.size(3);
   TORCH_CHECK(hd % 2 == 0 && cos.size(0) == bsz * t_len && cos.size(1) == hd && cos.is_contiguous() &&
                   ssin.is_contiguous() && ssin.sizes() == cos.sizes(),
@@ -261,12 +270,6 @@ struct CachedAttentionArgs {
   int64_t t_len, heads, kv_heads, hd, capacity;
 };
 
-NR_INLINE void rotate_into(const float* x, const float* c, const float* s, float scale, float* y, int64_t hd) {
-  const int64_t half = hd / 2;
-  for (int64_t j = 0; j < half; ++j) y[j] = (x[j] * c[j] + x[j + half] * s[j]) * scale;
-  for (int64_t j = half; j < hd; ++j) y[j] = (x[j] * c[j] + x[j - half] * s[j]) * scale;
-}
-
 // One query against `visible` cached keys: scores, softmax, weighted sum of values into `out`.
 // HD is the head size when known at compile time (then the output accumulates in registers),
 // 0 for any other size. Keys are taken four at a time so their dot products run side by side.
@@ -328,7 +331,8 @@ NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begi
       const int64_t row = b * a.t_len + t;
       const float* k = a.k + b * a.k_strides[0] + t * a.k_strides[1] + h * a.k_strides[2];
       const float* v = a.v + b * a.v_strides[0] + t * a.v_strides[1] + h * a.v_strides[2];
-      rotate_into(k, a.cos + row * hd, a.ssin + row * hd, 1.0f, keys + (start + t) * hd, hd);
+      const float* sine = a.ssin + row * hd;
+      rotate_into(k, a.cos + row * hd, sine, sine + hd / 2, 1.0f, keys + (start + t) * hd, hd);
       std::memcpy(values + (start + t) * hd, v, hd * sizeof(float));
     }
     for (int64_t t = 0; t < a.t_len; ++t) {
@@ -336,7 +340,8 @@ NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begi
       for (int64_t g = 0; g < group; ++g) {
         const int64_t head = h * group + g;
         const float* q = a.q + b * a.q_strides[0] + t * a.q_strides[1] + head * a.q_strides[2];
-        rotate_into(q, a.cos + row * hd, a.ssin + row * hd, scale, query.data(), hd);
+        const float* sine = a.ssin + row * hd;
+        rotate_into(q, a.cos + row * hd, sine, sine + hd / 2, scale, query.data(), hd);
         float* o = a.out + (row * a.heads + head) * hd;
         switch (hd) {
           case 64: attend<64>(query.data(), keys, values, visible, hd, scores.data(), o); break;
@@ -355,8 +360,7 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
                             const at::Tensor& cos, const at::Tensor& ssin, at::Tensor& k_cache, at::Tensor& v_cache,
                             const at::Tensor& lens_in) {
   at::NoGradGuard no_grad;
-  auto last_contiguous = [](const at::Tensor& x) { return x.stride(3) == 1 ? x : x.contiguous(); };
-  const at::Tensor q = last_contiguous(q_in), k = last_contiguous(k_in), v = last_contiguous(v_in);
+  const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
   const at::Tensor lens = lens_in.to(at::kLong).contiguous();
   const int64_t bsz = q.size(0), t_len = q.size(1), heads = q.size(2), hd = q.size(3);
   const int64_t kv_heads = k.size(2), capacity = k_cache.size(2);

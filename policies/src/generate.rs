@@ -108,8 +108,7 @@ impl Generation<'_> {
             let live: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].done).collect();
             if live.len() * 4 <= rows.len() * 3 {
                 cache.retain_rows(&live)?;
-                let routed = lora.map(|l| l.select_rows(&live));
-                shrunk_lora = routed;
+                shrunk_lora = lora.map(|l| l.select_rows(&live));
                 rngs = live.iter().map(|&i| rngs[i].clone()).collect();
                 let index = Tensor::from_slice(&live.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
                 next_tokens = next_tokens.index_select(0, &index);

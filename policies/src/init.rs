@@ -104,9 +104,7 @@ pub fn write_random_checkpoint(dir: &Path, shape: &Value, seed: u64, std: f64) -
             (format!("{p}.mlp.down_proj.weight"), normal(&[h, ffn], residual_std)),
         ]);
     }
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    save_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))?;
+    save_safetensors(&dir.join("model.safetensors"), &tensors)?;
     write_tokenizer_files(dir)?;
     write_json(&dir.join("config.json"), &config)
 }

@@ -482,7 +482,6 @@ impl LoraPacker {
             let b_offset = gather.len() as i64;
             for &(k, slot, r) in &cols {
                 let s = adapters[k].config.scale() as f32;
-                let mut start = 0;
                 for &(m, out) in &outs {
                     for o in 0..out {
                         if m == slot.module {
@@ -493,9 +492,7 @@ impl LoraPacker {
                             scale.push(0.0);
                         }
                     }
-                    start += out;
                 }
-                debug_assert_eq!(start, fan_out);
             }
             let owners = cols.iter().map(|&(k, _, _)| k as i64 + 1).collect();
             Some(GroupPlan { a_offset, b_offset, fan_in, rank, fan_out, owners })
@@ -547,10 +544,8 @@ impl LoraPacker {
 impl LoraRuntime {
     /// The same adapters for a batch made of `rows` of this one (masks follow their rows).
     pub fn select_rows(&self, rows: &[usize]) -> LoraRuntime {
-        let pick = |m: &Tensor| {
-            let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(m.device());
-            m.index_select(0, &index)
-        };
+        let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        let pick = |m: &Tensor| m.index_select(0, &index.to_device(m.device()));
         let share = |g: &PackedGroup| PackedGroup { a_t: g.a_t.shallow_clone(), b_t: g.b_t.shallow_clone(), owners: g.owners.clone() };
         LoraRuntime {
             layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(share))).collect(),

@@ -267,7 +267,7 @@ impl Model {
         // training their backward is one concatenation, not a zero-filled gradient per slice.
         let (qk, v) = match (&layer.q_norm, &layer.k_norm) {
             (Some(qn), Some(kn)) => {
-                let [q, k, v]: [Tensor; 3] = split3(&qkv, [nh, nkv, nkv]);
+                let [q, k, v]: [Tensor; 3] = qkv.split_with_sizes([nh, nkv, nkv], 2).try_into().expect("three parts");
                 (Tensor::cat(&[rms_norm(&q, qn, c.rms_norm_eps), rms_norm(&k, kn, c.rms_norm_eps)], 2), v)
             }
             _ => {
@@ -451,13 +451,6 @@ fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor, 
     } else {
         out.view([b, kv_heads, t, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b * t, heads * hd])
     }
-}
-
-/// Split the head axis (2) of [B, T, heads, hd] into three.
-fn split3(x: &Tensor, sizes: [i64; 3]) -> [Tensor; 3] {
-    let mut parts = x.split_with_sizes(sizes, 2).into_iter();
-    let mut next = || parts.next().expect("three parts");
-    [next(), next(), next()]
 }
 
 /// RMSNorm as transformers computes it: in f32, scaled by the weight in the input dtype.

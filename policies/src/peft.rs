@@ -30,11 +30,8 @@ pub fn save(adapter: &Adapter, dir: &Path, base_model: &str) -> Result<()> {
         "layers_to_transform": null, "layers_pattern": null, "rank_pattern": {}, "alpha_pattern": {},
         "revision": null,
     });
-    let tensors: Vec<(String, Tensor)> =
-        adapter.named_tensors().into_iter().map(|(k, t)| (k, t.detach().to_kind(Kind::Float))).collect();
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    save_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(meta))?;
+    let tensors: Vec<(String, Tensor)> = adapter.named_tensors().into_iter().map(|(k, t)| (k, t.shallow_clone())).collect();
+    save_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
     write_json(&dir.join(CONFIG_FILE), &config)
 }
 
@@ -85,12 +82,13 @@ pub fn load(dir: &Path, model: &Model) -> Result<Adapter> {
     let mut names: Vec<String> = store.names().map(str::to_string).collect();
     names.sort();
     let base_weights = model.named_weights();
+    // As f32, in whatever shape the file holds (shapes are checked against the model later).
+    let load_as_stored = |name: &str| store.load(name, &store.shape(name).unwrap_or_default(), Kind::Float, device);
     for name in names {
         if let Some(base_name) = name.strip_prefix("base_model.model.").and_then(|n| n.strip_suffix(".base_layer.weight")) {
             let base_name = format!("{base_name}.weight");
             let same = base_weights.iter().find(|(n, _)| *n == base_name).is_some_and(|(_, w)| {
-                let shape = store.shape(&name).unwrap_or_default();
-                store.load(&name, &shape, Kind::Float, device).is_ok_and(|t| t.equal(&w.to_kind(Kind::Float)))
+                load_as_stored(&name).is_ok_and(|t| t.equal(&w.to_kind(Kind::Float)))
             });
             if !same {
                 return Err(Error::bad_file(&weights_path, format!("{name:?} differs from the base model's {base_name} (modified base weights are not supported)")));
@@ -105,8 +103,7 @@ pub fn load(dir: &Path, model: &Model) -> Result<Adapter> {
                 return Err(Error::bad_file(&weights_path, format!("{name:?}: the model has {} layers", cfg.num_layers)));
             }
         }
-        let shape = store.shape(&name).unwrap_or_default();
-        let t = store.load(&name, &shape, Kind::Float, device)?;
+        let t = load_as_stored(&name)?;
         let entry = pairs.entry(key).or_default();
         if is_a { entry.0 = Some(t) } else { entry.1 = Some(t) }
     }

@@ -137,7 +137,8 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
 
 /// Write tensors to a safetensors file atomically (temp file in the same folder, then rename),
 /// so a crash never leaves a half-written checkpoint behind.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+/// Write tensors as safetensors, tagged `format: pt` as transformers and peft expect.
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.detach().to_device(Device::Cpu).contiguous();
@@ -158,7 +159,8 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Opt
                 .map_err(|e| Error::bad_file(path, format!("cannot serialise {name:?}: {e}")))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, metadata)
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::bad_file(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &bytes)
 }

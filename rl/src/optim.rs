@@ -59,7 +59,7 @@ impl AdamW {
                 }
                 let _ = m.lerp_(&g, 1.0 - c.beta1);
                 let _ = v.g_mul_scalar_(c.beta2).addcmul_(&(&g * (1.0 - c.beta2)), &g);
-                let denom = (v.sqrt() / bias2_sqrt).g_add_scalar_(c.eps);
+                let denom = v.sqrt().g_div_scalar_(bias2_sqrt).g_add_scalar_(c.eps);
                 let _ = p.addcdiv_(&(&*m * (-c.lr / bias1)), &denom);
             }
         });

@@ -39,9 +39,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     policy.model.merge_adapter(&adapter)?;
     let weights = policy.model.named_weights();
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    policies::weights::save_safetensors(&args.out.join("model.safetensors"), &weights, Some(meta))?;
+    policies::weights::save_safetensors(&args.out.join("model.safetensors"), &weights)?;
     let mut config = policy.model.config.raw.clone();
     config["tie_word_embeddings"] = serde_json::Value::Bool(policy.model.config.tie_word_embeddings);
     policies::init::write_json(&args.out.join("config.json"), &config)?;
