@@ -156,7 +156,6 @@ struct Slot {
 /// handful of ops however many modules are adapted, and its state is exactly 2 × the adapter.
 pub struct Adapter {
     pub config: LoraConfig,
-    num_layers: usize,
     flat: Tensor,
     slots: Vec<Slot>,
     pub layers: Vec<BTreeMap<Module, LoraPair>>,
@@ -220,7 +219,7 @@ impl Adapter {
                 None => lm_head = Some(pair),
             }
         }
-        Adapter { config, num_layers, flat, slots, layers, lm_head, embed }
+        Adapter { config, flat, slots, layers, lm_head, embed }
     }
 
     /// Every A and B with its PEFT key, in a fixed order.
@@ -256,7 +255,7 @@ impl Adapter {
     /// A detached copy (for publishing a snapshot to samplers while training goes on).
     pub fn snapshot(&self) -> Adapter {
         let flat = tch::no_grad(|| self.flat.detach().copy());
-        Self::from_flat(self.config.clone(), self.num_layers, self.slots.clone(), flat)
+        Self::from_flat(self.config.clone(), self.layers.len(), self.slots.clone(), flat)
     }
 
     /// Draw every B from N(0, std²), seeded: an adapter that changes the model, for tests and
@@ -444,8 +443,8 @@ pub struct LoraPacker {
 impl LoraPacker {
     pub fn new(cfg: &ModelConfig, adapters: &[&Adapter]) -> Result<LoraPacker> {
         for a in adapters {
-            if a.num_layers != cfg.num_layers as usize {
-                return Err(invalid!("adapter has {} layers, model has {}", a.num_layers, cfg.num_layers));
+            if a.layers.len() != cfg.num_layers as usize {
+                return Err(invalid!("adapter has {} layers, model has {}", a.layers.len(), cfg.num_layers));
             }
         }
         let sizes: Vec<i64> = adapters.iter().map(|a| a.flat.numel() as i64).collect();
