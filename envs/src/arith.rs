@@ -372,9 +372,9 @@ impl ArithSpec {
         range.saturating_pow(steps + 1).saturating_mul(op_choices)
     }
 
-    /// Draw one problem. `None` when the draw is rejected (negative answer not allowed, or an
-    /// overflow); callers draw again.
-    fn draw(&self, rng: &mut Rng) -> Option<Expr> {
+    /// Draw one problem and its answer. `None` when the draw is rejected (negative answer not
+    /// allowed, or an overflow); callers draw again.
+    fn draw(&self, rng: &mut Rng) -> Option<(Expr, i64)> {
         let steps = self.ops.steps();
         let ops: Vec<Op> = match &self.ops {
             OpChoice::Pattern(v) => v.clone(),
@@ -420,7 +420,7 @@ impl ArithSpec {
         if !self.allow_negative && value < 0 {
             return None;
         }
-        Some(expr)
+        Some((expr, value))
     }
 
     fn render(&self, e: &Expr, value: i64, id: String) -> Problem {
@@ -525,14 +525,13 @@ impl ArithSource {
         let mut draws = 0;
         while test.len() < test_size && draws < budget {
             draws += 1;
-            let Some(e) = spec.draw(&mut rng) else {
+            let Some((e, value)) = spec.draw(&mut rng) else {
                 continue;
             };
             let id = e.text("");
             if test_ids.contains(&id) {
                 continue;
             }
-            let Some(value) = e.eval() else { continue };
             test_ids.insert(id.clone());
             test.push(Arc::new(spec.render(&e, value, id)));
         }
@@ -554,7 +553,7 @@ impl ArithSource {
         let mut rng = Rng::new(derive(&[seed, TAG_TRAIN, u64::MAX]));
         let (mut ok, mut total) = (0, 0);
         for _ in 0..2000 {
-            if let Some(e) = src.spec.draw(&mut rng) {
+            if let Some((e, _)) = src.spec.draw(&mut rng) {
                 total += 1;
                 if !src.test_ids.contains(&e.text("")) {
                     ok += 1;
@@ -591,14 +590,13 @@ impl ProblemSource for ArithSource {
     fn train_problem(&self, epoch: u64, index: u64) -> Option<Arc<Problem>> {
         let mut rng = Rng::new(derive(&[self.seed, TAG_TRAIN, epoch, index]));
         for _ in 0..MAX_DRAWS {
-            let Some(e) = self.spec.draw(&mut rng) else {
+            let Some((e, value)) = self.spec.draw(&mut rng) else {
                 continue;
             };
             let id = e.text("");
             if self.test_ids.contains(&id) {
                 continue;
             }
-            let value = e.eval()?;
             return Some(Arc::new(self.spec.render(&e, value, id)));
         }
         None

@@ -116,7 +116,6 @@ impl CalcEnv {
     fn answer(&mut self, call: CalcCall<'_>) -> String {
         let result = match call {
             CalcCall::Unopened => Err(format!("no {CALC_OPEN} before {CALC_CLOSE}")),
-            CalcCall::Expr("") => Err("empty expression".to_string()),
             CalcCall::Expr(e) if e.chars().count() > MAX_EXPR_CHARS => Err(format!(
                 "expression longer than {MAX_EXPR_CHARS} characters"
             )),

@@ -68,12 +68,6 @@ impl Rng {
         self.range_i64(0, n as i64 - 1) as usize
     }
 
-    /// Uniform float in `[0, 1)`.
-    #[allow(dead_code)]
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     /// Fisher–Yates shuffle.
     pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

@@ -409,7 +409,6 @@ impl Lexer {
             "land" | "wedge" => Tok::Word { text: "and".into(), spaced: true },
             "lor" | "vee" => Tok::Word { text: "or".into(), spaced: true },
             "overline" | "bar" | "dot" | "vec" | "hat" | "widehat" | "tilde" => return Ok(()),
-            "tfrac12" => Tok::Cmd("frac".into()),
             _ => Tok::Cmd(name),
         };
         self.push(tok)

@@ -295,29 +295,12 @@ impl<'a> Parser<'a> {
     fn power(&mut self) -> Result<Expr, String> {
         let base = self.postfix()?;
         if self.eat(&Tok::Sym('^')) {
-            let exponent = self.exponent()?;
+            // A braced group, or a signed atom with its own powers: the same rule as a unary term.
+            let exponent = self.unary()?;
             let pow = Expr::Pow(Box::new(base), Box::new(exponent));
             return self.postfix_ops(pow);
         }
         Ok(base)
-    }
-
-    /// The exponent after `^`: a braced group, or a signed atom with its own powers.
-    fn exponent(&mut self) -> Result<Expr, String> {
-        self.enter()?;
-        let e = match self.peek() {
-            Some(Tok::Sym('-')) => {
-                self.pos += 1;
-                Expr::Neg(Box::new(self.exponent()?))
-            }
-            Some(Tok::Sym('+')) => {
-                self.pos += 1;
-                self.exponent()?
-            }
-            _ => self.power()?,
-        };
-        self.depth -= 1;
-        Ok(e)
     }
 
     fn postfix(&mut self) -> Result<Expr, String> {

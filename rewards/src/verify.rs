@@ -92,12 +92,14 @@ impl Verifier {
         if gold.chars().count() > MAX_ANSWER_CHARS {
             return verdict(false, Some(format!("gold answer longer than {MAX_ANSWER_CHARS} characters")));
         }
-        let gold_parsed = parse_answer(&gold);
+        // The gold is parsed at most once and only when needed: most correct answers match as text.
+        let mut gold_parsed = None;
         let mut answer_text = answer.clone();
         if is_hedged(&answer) && !is_hedged(&gold) {
             // "x = 2 or x = 3" lists the solutions when the gold is a list of them; for a
             // single-valued gold it hedges between candidates.
-            let gold_is_list = matches!(&gold_parsed, Ok(Answer::List(v) | Answer::Set(v)) if v.len() > 1);
+            let parsed = gold_parsed.insert(parse_answer(&gold));
+            let gold_is_list = matches!(parsed, Ok(Answer::List(v) | Answer::Set(v)) if v.len() > 1);
             if !gold_is_list {
                 return verdict(false, Some("answer hedged between candidates".into()));
             }
@@ -106,7 +108,7 @@ impl Verifier {
         if squash(&answer_text) == squash(&gold) && !answer_text.contains('\0') {
             return verdict(true, None);
         }
-        let gold_parsed = match gold_parsed {
+        let gold_parsed = match gold_parsed.unwrap_or_else(|| parse_answer(&gold)) {
             Ok(g) => g,
             Err(e) => return verdict(false, Some(format!("gold not understood: {e}"))),
         };
