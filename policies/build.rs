@@ -9,6 +9,7 @@ fn main() {
 /// the same C++ ABI flags torch-sys uses for its own wrapper.
 fn compile_kernels() {
     println!("cargo:rerun-if-changed=csrc/kernels.cpp");
+    println!("cargo:rerun-if-changed=csrc/trace.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report its libtorch lib directory");
     let root = std::path::Path::new(&lib).parent().expect("libtorch lib directory has a parent").to_path_buf();
@@ -28,6 +29,7 @@ fn compile_kernels() {
         .flag("-fopenmp")
         .flag("-fno-trapping-math")
         .file("csrc/kernels.cpp")
+        .file("csrc/trace.cpp")
         .compile("noregret_kernels");
     link_openmp(std::path::Path::new(&lib));
 }

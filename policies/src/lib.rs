@@ -15,6 +15,7 @@ pub mod rng;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
+pub mod trace;
 pub mod weights;
 
 pub use cache::KvCache;

@@ -1,6 +1,7 @@
 //! `noregret bench`: the numbers the README quotes, measured the same way as the Python peers in
 //! `bench/` (same shapes, same counting), one JSON line per configuration.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -37,6 +38,10 @@ pub struct TrainStepBench {
     pub lora_rank: i64,
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// After timing, run one more step with libtorch's profiler on and write its op-level
+    /// trace here (open in chrome://tracing or ui.perfetto.dev; `bench/trace_summary.py` sums it).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -55,6 +60,9 @@ pub struct GenerateBench {
     /// Rank of an all-layer adapter with non-zero B (0: no adapter).
     #[arg(long, default_value_t = 0)]
     pub lora_rank: i64,
+    /// After timing, trace one more generation of the last batch size here (as for train-step).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -64,14 +72,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
-/// Median of `runs` timings of `f`, after one warm-up call.
-pub fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Vec<f64>)> {
+/// Median of `runs` timings of `f`, after one warm-up call; then, when `trace` names a file,
+/// one more call recorded by libtorch's profiler into it.
+pub fn median_seconds(runs: usize, trace: Option<&Path>, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Vec<f64>)> {
     f()?;
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let start = Instant::now();
         f()?;
         times.push(start.elapsed().as_secs_f64());
+    }
+    if let Some(path) = trace {
+        let _recording = policies::trace::Trace::start(path)?;
+        f()?;
     }
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -99,7 +112,8 @@ fn generate(args: GenerateBench) -> Result<()> {
         let ids = Tensor::randint_low(4, vocab, [b as i64, args.prompt_len as i64], (Kind::Int64, Device::Cpu));
         let prompts: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(&ids)?;
         let streams: Vec<u64> = (0..b as u64).collect();
-        let (median, times) = median_seconds(args.runs, || {
+        let trace = args.trace.as_deref().filter(|_| b == *args.batch.last().unwrap_or(&b));
+        let (median, times) = median_seconds(args.runs, trace, || {
             let out = policy.generate(lora.as_ref(), &prompts, &streams, &params)?;
             anyhow::ensure!(out.iter().all(|c| c.tokens.len() as i64 == args.new_tokens), "short generation");
             Ok(())
@@ -131,7 +145,7 @@ fn train_step(args: TrainStepBench) -> Result<()> {
     let advantages = Tensor::randn([args.batch, 1], (Kind::Float, device));
     let model = &policy.model;
     let packer = adapter.as_ref().map(|a| policies::LoraPacker::new(&cfg, &[a])).transpose()?;
-    let (median, times) = median_seconds(args.runs, || {
+    let (median, times) = median_seconds(args.runs, args.trace.as_deref(), || {
         let lora = match (&packer, &adapter) {
             (Some(p), Some(a)) => Some(p.pack(&[a], model.kind())?),
             _ => None,
