@@ -3,6 +3,9 @@
 //! activations are float32 on the CPU; elsewhere (CUDA, bf16/f16) it runs the same maths as
 //! eager ops. `NOREGRET_FUSED=0` turns them off (for A/B measurements); tests can switch them per
 //! thread with [`with_fused`].
+//!
+//! Also here: weights pre-packed by MKL for matmuls that need no gradient ([`PackedWeight`]),
+//! where the libtorch build has MKL. `NOREGRET_PACKED=0` turns those off.
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -21,6 +24,9 @@ extern "C" {
         q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, cos: *const C_tensor, signed_sin: *const C_tensor,
         k_cache: *mut C_tensor, v_cache: *mut C_tensor, lens: *const C_tensor,
     ) -> *mut C_tensor;
+    fn nr_packing_available() -> bool;
+    fn nr_pack_weight(w: *const C_tensor) -> *mut C_tensor;
+    fn nr_packed_matmul(x: *const C_tensor, packed: *const C_tensor, k: i64, n: i64, init: *const C_tensor) -> *mut C_tensor;
 }
 
 thread_local! {
@@ -30,6 +36,16 @@ thread_local! {
 fn enabled_by_env() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("NOREGRET_FUSED").map(|v| v != "0").unwrap_or(true))
+}
+
+/// Whether weights can be pre-packed here: float32 CPU weights, a libtorch with MKL's packed
+/// GEMM, and not switched off by `NOREGRET_PACKED=0`.
+pub fn packing_applies(w: &Tensor) -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| {
+        std::env::var("NOREGRET_PACKED").map(|v| v != "0").unwrap_or(true) && unsafe { nr_packing_available() }
+    });
+    enabled && w.device() == Device::Cpu && w.kind() == Kind::Float
 }
 
 /// Whether the fused kernels serve activations like `x` on this thread.
@@ -81,4 +97,26 @@ pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, signed
                             k_cache.as_mut_ptr(), v_cache.as_mut_ptr(), lens.as_ptr())
     };
     wrap(out, "cached attention")
+}
+
+/// A weight [K, N] packed once for `x·w` products that need no gradient. Holds about the
+/// weight's own size in memory (MKL reserves more address space than it writes).
+pub struct PackedWeight {
+    packed: Tensor,
+    k: i64,
+    n: i64,
+}
+
+impl PackedWeight {
+    /// Pack `w` [K, N]; call only where [`packing_applies`] to it.
+    pub fn new(w: &Tensor) -> PackedWeight {
+        let (k, n) = w.size2().expect("a weight matrix is 2-D");
+        PackedWeight { packed: wrap(unsafe { nr_pack_weight(w.as_ptr()) }, "pack_weight"), k, n }
+    }
+
+    /// `init + x·w` for x [M, K]; `init` is [M, N], a bias [N], or absent (zero). No gradient.
+    pub fn matmul(&self, x: &Tensor, init: Option<&Tensor>) -> Tensor {
+        let init = init.map_or(std::ptr::null(), |t| t.as_ptr());
+        wrap(unsafe { nr_packed_matmul(x.as_ptr(), self.packed.as_ptr(), self.k, self.n, init) }, "packed matmul")
+    }
 }

@@ -111,6 +111,65 @@ fn cached_forward_fused_equals_eager() {
     }
 }
 
+/// Pre-packed weights give the product plain `mm` gives: any row count, with no initial value,
+/// a residual [M, N] or a bias [N], and a strided left operand.
+#[test]
+fn packed_matmul_equals_mm() {
+    let w = Tensor::randn([96, 40], (Kind::Float, tch::Device::Cpu));
+    if !kernels::packing_applies(&w) {
+        eprintln!("this libtorch has no MKL packed GEMM: nothing to compare");
+        return;
+    }
+    let packed = kernels::PackedWeight::new(&w);
+    for rows in [1, 3, 64, 300] {
+        let wide = Tensor::randn([rows, 130], (Kind::Float, tch::Device::Cpu));
+        let x = wide.narrow(1, 7, 96); // rows 130 floats apart
+        let residual = Tensor::randn([rows, 40], (Kind::Float, tch::Device::Cpu));
+        let bias = Tensor::randn([40], (Kind::Float, tch::Device::Cpu));
+        let cases = [
+            ("plain", packed.matmul(&x, None), x.mm(&w)),
+            ("residual", packed.matmul(&x, Some(&residual)), residual.addmm(&x, &w)),
+            ("bias", packed.matmul(&x, Some(&bias)), bias.addmm(&x, &w)),
+        ];
+        for (what, got, want) in cases {
+            assert_eq!(got.size(), want.size());
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-4, "{rows} rows, {what}: differs by {d}");
+        }
+    }
+}
+
+/// Scoring without gradients goes through packed weights; once full fine-tuning owns the
+/// weights, a change to them must show in the next forward (no stale packed copy).
+#[test]
+fn full_fine_tuning_sees_its_own_weight_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = serde_json::json!({"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+                                   "num_key_value_heads": 2, "intermediate_size": 96, "head_dim": 16});
+    policies::init::write_random_checkpoint(dir.path(), &shape, 3, 0.3).unwrap();
+    let mut model = policies::Model::load(dir.path(), None, tch::Device::Cpu).unwrap();
+    let tokens = Tensor::arange_start(4, 20, (Kind::Int64, tch::Device::Cpu)).view([2, 8]);
+    let score = |m: &policies::Model| tch::no_grad(|| m.token_logprobs(&tokens, None));
+    let before = score(&model); // packs the weights
+    let params = model.full_parameters();
+    let _ = score(&model); // a sampler's forward between optimiser steps
+    tch::no_grad(|| {
+        for p in &params {
+            let _ = p.shallow_clone().g_mul_scalar_(1.5);
+        }
+    });
+    let after = score(&model);
+    let mut reference = policies::Model::load(dir.path(), None, tch::Device::Cpu).unwrap();
+    let ref_params = reference.full_parameters();
+    tch::no_grad(|| {
+        for p in &ref_params {
+            let _ = p.shallow_clone().g_mul_scalar_(1.5);
+        }
+    });
+    assert!(max_diff(&before, &after) > 1e-2, "scaling every weight changed nothing");
+    assert!(max_diff(&after, &score(&reference)) < 1e-5);
+}
+
 #[test]
 #[ignore = "timing probe: cargo test --release -p policies --test kernels -- --ignored --nocapture"]
 fn timing_probe() {
