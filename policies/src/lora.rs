@@ -418,8 +418,8 @@ impl LoraRuntime {
 /// Where one fused group sits in the packed buffer.
 #[derive(Debug, Clone)]
 struct GroupPlan {
-    a_offset: i64,
-    b_offset: i64,
+    /// Index of the group's A among the packed buffer's consecutive parts; its B is the next.
+    part: usize,
     fan_in: i64,
     rank: i64,
     fan_out: i64,
@@ -434,6 +434,8 @@ struct GroupPlan {
 pub struct LoraPacker {
     gather: Tensor,
     scale: Tensor,
+    /// Lengths of the consecutive A and B parts of the packed buffer, group by group.
+    parts: Vec<i64>,
     layers: Vec<[Option<GroupPlan>; 4]>,
     outer: [Option<GroupPlan>; 2],
     /// Flat-buffer sizes of the adapters this packer was planned for.
@@ -452,6 +454,7 @@ impl LoraPacker {
         let bases: Vec<i64> = sizes.iter().scan(0, |acc, &n| { let b = *acc; *acc += n; Some(b) }).collect();
         let mut gather: Vec<i64> = Vec::new();
         let mut scale: Vec<f32> = Vec::new();
+        let mut parts: Vec<i64> = Vec::new();
         let mut plan_group = |layer: Option<usize>, modules: &[Module]| -> Option<GroupPlan> {
             // Columns: for each adapter, for each of its modules in this group, `rank` columns.
             let mut cols: Vec<(usize, &Slot, i64)> = Vec::new(); // (adapter, slot, row of A)
@@ -469,7 +472,9 @@ impl LoraPacker {
             let outs: Vec<(Module, i64)> = modules.iter().map(|m| (*m, m.shape(cfg).1)).collect();
             let fan_out: i64 = outs.iter().map(|(_, o)| o).sum();
             let rank = cols.len() as i64;
-            let a_offset = gather.len() as i64;
+            let part = parts.len();
+            parts.push(fan_in * rank);
+            parts.push(rank * fan_out);
             // a_t [in, R]: entry (i, c) = A[r, i] of column c's module.
             for i in 0..fan_in {
                 for &(k, slot, r) in &cols {
@@ -478,7 +483,6 @@ impl LoraPacker {
                 }
             }
             // b_t [R, out]: entry (c, o) = scale·B[o - offset, r] inside c's module block, else 0.
-            let b_offset = gather.len() as i64;
             for &(k, slot, r) in &cols {
                 let s = adapters[k].config.scale() as f32;
                 for &(m, out) in &outs {
@@ -494,7 +498,7 @@ impl LoraPacker {
                 }
             }
             let owners = cols.iter().map(|&(k, _, _)| k as i64 + 1).collect();
-            Some(GroupPlan { a_offset, b_offset, fan_in, rank, fan_out, owners })
+            Some(GroupPlan { part, fan_in, rank, fan_out, owners })
         };
         let layers = (0..cfg.num_layers as usize)
             .map(|i| {
@@ -510,6 +514,7 @@ impl LoraPacker {
         Ok(LoraPacker {
             gather: Tensor::from_slice(&gather).to_device(device),
             scale: Tensor::from_slice(&scale).to_device(device),
+            parts,
             layers,
             outer,
             sizes,
@@ -526,9 +531,12 @@ impl LoraPacker {
         let mut sources: Vec<Tensor> = adapters.iter().map(|a| a.flat.shallow_clone()).collect();
         sources.push(Tensor::zeros([1], (Kind::Float, device)));
         let packed = (Tensor::cat(&sources, 0).index_select(0, &self.gather) * &self.scale).to_kind(kind);
+        // One split, not a narrow per part: in training, each narrow's backward zero-fills a
+        // gradient the size of the whole buffer (64 of them per step on the small preset).
+        let parts = packed.split_with_sizes(&self.parts, 0);
         let group = |p: &GroupPlan| PackedGroup {
-            a_t: packed.narrow(0, p.a_offset, p.fan_in * p.rank).view([p.fan_in, p.rank]),
-            b_t: packed.narrow(0, p.b_offset, p.rank * p.fan_out).view([p.rank, p.fan_out]),
+            a_t: parts[p.part].view([p.fan_in, p.rank]),
+            b_t: parts[p.part + 1].view([p.rank, p.fan_out]),
             owners: p.owners.clone(),
         };
         Ok(LoraRuntime {
