@@ -28,6 +28,8 @@ fn compile_kernels() {
         // whose threads come from `#pragma omp parallel`, compiled into this file.
         .flag("-fopenmp")
         .flag("-fno-trapping-math")
+        // 64-byte vector arguments of inlined helpers: GCC notes an ABI change from 2011.
+        .flag("-Wno-psabi")
         .file("csrc/kernels.cpp")
         .file("csrc/trace.cpp")
         .compile("noregret_kernels");

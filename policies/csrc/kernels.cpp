@@ -391,6 +391,267 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   return out;
 }
 
+// ---- Causal attention over fresh sequences (training, scoring), forward and backward ----
+// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis) give
+// out [B·T, heads·hd], the layout the output projection takes, plus each query's log-sum-exp,
+// which is all the backward pass keeps (it recomputes the probabilities, as FlashAttention does).
+// One task per (batch row, kv head) takes every query head of that group, so the backward pass
+// adds into its key and value gradients without locks. Scores for a block of 16 queries × 16
+// keys accumulate in registers over the head dimension, from keys transposed once per task.
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));  // for unaligned loads and stores
+
+NR_INLINE v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+NR_INLINE void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+
+NR_INLINE float horizontal_sum(v16 v) {
+  float s = 0.0f;
+  for (int l = 0; l < 16; ++l) s += v[l];
+  return s;
+}
+
+template <int64_t HD>
+NR_INLINE float dot(const float* a, const float* b) {
+  v16 acc = load16(a) * load16(b);
+  for (int64_t c = 1; c < HD / 16; ++c) acc += load16(a + 16 * c) * load16(b + 16 * c);
+  return horizontal_sum(acc);
+}
+
+// max of x[0..n), n >= 1. (An `omp simd reduction(max)` here compiled to scalar stores read back
+// as a vector: a store-forwarding stall that took a quarter of the forward pass.)
+NR_INLINE float max_of(const float* x, int64_t n) {
+  float top = x[0];
+  int64_t j = 0;
+  if (n >= 16) {
+    v16 m = load16(x);
+    for (j = 16; j + 16 <= n; j += 16) {
+      const v16 y = load16(x + j);
+      m = m > y ? m : y;
+    }
+    for (int l = 0; l < 16; ++l) top = std::max(top, m[l]);
+  }
+  for (; j < n; ++j) top = std::max(top, x[j]);
+  return top;
+}
+
+constexpr int64_t kBlock = 16;  // query rows per block, and keys per score vector
+int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// s[r·ld + j] = Σ_e a[r][e]·xt[e·ldt + j] for the block's rows r and keys j < npad (a multiple
+// of 16). All kBlock row pointers must be valid (callers repeat the last row).
+template <int64_t HD>
+NR_INLINE void block_scores(const float* const* a, int64_t rows, const float* xt, int64_t ldt, int64_t npad,
+                            float* s, int64_t ld) {
+  for (int64_t j = 0; j < npad; j += 16) {
+    v16 acc[kBlock];
+#pragma GCC unroll 16
+    for (int r = 0; r < kBlock; ++r) acc[r] = v16{};
+    for (int64_t e = 0; e < HD; ++e) {
+      const v16 x = load16(xt + e * ldt + j);
+#pragma GCC unroll 16
+      for (int r = 0; r < kBlock; ++r) acc[r] += x * a[r][e];
+    }
+    for (int64_t r = 0; r < rows; ++r) store16(s + r * ld + j, acc[r]);
+  }
+}
+
+// out = scale · Σ_{j < n} p[j]·y_j for rows y_j = y + j·stride.
+template <int64_t HD>
+NR_INLINE void weighted_rows(const float* p, int64_t n, const float* y, int64_t stride, float scale, float* out) {
+  v16 acc[HD / 16];
+  for (int64_t c = 0; c < HD / 16; ++c) acc[c] = v16{};
+  for (int64_t j = 0; j < n; ++j) {
+    const float w = p[j];
+    const float* yj = y + j * stride;
+#pragma GCC unroll 8
+    for (int64_t c = 0; c < HD / 16; ++c) acc[c] += load16(yj + 16 * c) * w;
+  }
+  for (int64_t c = 0; c < HD / 16; ++c) store16(out + 16 * c, acc[c] * scale);
+}
+
+struct CausalArgs {
+  const float *q, *k, *v;
+  int64_t qs[3], ks[3], vs[3];  // strides of batch, position, head (elements)
+  int64_t t_len, heads, kv_heads;
+  float scale;
+};
+
+// Keys (or values) of one (batch row, kv head), transposed into xt [HD, ldt], zero-padded.
+template <int64_t HD>
+NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* xt, int64_t ldt) {
+  for (int64_t j = 0; j < n; ++j) {
+    // Rows lie a page or so apart in the fused qkv buffer: ask for the next ones early.
+    for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(x + (j + 4) * stride + c);
+    const float* row = x + j * stride;
+    for (int64_t e = 0; e < HD; ++e) xt[e * ldt + j] = row[e];
+  }
+  for (int64_t e = 0; e < HD; ++e) std::fill(xt + e * ldt + n, xt + (e + 1) * ldt, 0.0f);
+}
+
+template <int64_t HD>
+NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64_t begin, int64_t end) {
+  const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads;
+  std::vector<float> kt(HD * ldt), s(kBlock * ldt);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / a.kv_heads, h = task % a.kv_heads;
+    const float* k = a.k + b * a.ks[0] + h * a.ks[2];
+    const float* v = a.v + b * a.vs[0] + h * a.vs[2];
+    transpose_rows<HD>(k, a.ks[1], T, kt.data(), ldt);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t head = h * group + g;
+      for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
+        const float* qr[kBlock];
+        for (int64_t r = 0; r < kBlock; ++r) {
+          qr[r] = a.q + b * a.qs[0] + (i0 + std::min(r, rows - 1)) * a.qs[1] + head * a.qs[2];
+        }
+        block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), s.data(), ldt);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r, visible = i + 1;
+          float* p = s.data() + r * ldt;
+          const float top = max_of(p, visible) * a.scale;
+          float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+          for (int64_t j = 0; j < visible; ++j) {
+            p[j] = exp_approx(p[j] * a.scale - top);
+            total += p[j];
+          }
+          lse[(b * a.heads + head) * T + i] = top + std::log(total);
+          weighted_rows<HD>(p, visible, v, a.vs[1], 1.0f / total, out + ((b * T + i) * a.heads + head) * HD);
+        }
+      }
+    }
+  }
+}
+
+template <int64_t HD>
+NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const float* lse, const float* dout, float* dq,
+                               float* dk, float* dv, int64_t begin, int64_t end) {
+  const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads, H = a.heads, KV = a.kv_heads;
+  std::vector<float> kt(HD * ldt), vt(HD * ldt), p(kBlock * ldt), dp(kBlock * ldt), dk_acc(T * HD), dv_acc(T * HD);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / KV, h = task % KV;
+    const float* k = a.k + b * a.ks[0] + h * a.ks[2];
+    const float* v = a.v + b * a.vs[0] + h * a.vs[2];
+    transpose_rows<HD>(k, a.ks[1], T, kt.data(), ldt);
+    transpose_rows<HD>(v, a.vs[1], T, vt.data(), ldt);
+    std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
+    std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t head = h * group + g;
+      for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
+        const float *qr[kBlock], *dor[kBlock];
+        for (int64_t r = 0; r < kBlock; ++r) {
+          const int64_t i = i0 + std::min(r, rows - 1);
+          qr[r] = a.q + b * a.qs[0] + i * a.qs[1] + head * a.qs[2];
+          dor[r] = dout + ((b * T + i) * H + head) * HD;
+        }
+        block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), p.data(), ldt);
+        block_scores<HD>(dor, rows, vt.data(), ldt, round_up16(n), dp.data(), ldt);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r, visible = i + 1;
+          const float* o = out + ((b * T + i) * H + head) * HD;
+          const float d = dot<HD>(dor[r], o);
+          const float l = lse[(b * H + head) * T + i];
+          float* pr = p.data() + r * ldt;
+          float* dsr = dp.data() + r * ldt;  // dP becomes dS in place
+#pragma omp simd
+          for (int64_t j = 0; j < visible; ++j) {
+            pr[j] = exp_approx(pr[j] * a.scale - l);
+            dsr[j] = pr[j] * (dsr[j] - d);
+          }
+          std::fill(pr + visible, pr + n, 0.0f);
+          std::fill(dsr + visible, dsr + n, 0.0f);
+          weighted_rows<HD>(dsr, visible, k, a.ks[1], a.scale, dq + ((b * T + i) * H + head) * HD);
+        }
+        // Keys and values gain from every row of the block that sees them (the rest are 0).
+        for (int64_t j = 0; j < n; ++j) {
+          v16 gk[HD / 16], gv[HD / 16];
+          for (int64_t c = 0; c < HD / 16; ++c) gk[c] = gv[c] = v16{};
+          for (int64_t r = std::max<int64_t>(0, j - i0); r < rows; ++r) {
+            const float pw = p[r * ldt + j], sw = dp[r * ldt + j];
+#pragma GCC unroll 8
+            for (int64_t c = 0; c < HD / 16; ++c) {
+              gv[c] += load16(dor[r] + 16 * c) * pw;
+              gk[c] += load16(qr[r] + 16 * c) * sw;
+            }
+          }
+          for (int64_t c = 0; c < HD / 16; ++c) {
+            store16(dv_acc.data() + j * HD + 16 * c, load16(dv_acc.data() + j * HD + 16 * c) + gv[c]);
+            store16(dk_acc.data() + j * HD + 16 * c, load16(dk_acc.data() + j * HD + 16 * c) + gk[c] * a.scale);
+          }
+        }
+      }
+    }
+    for (int64_t j = 0; j < T; ++j) {
+      std::memcpy(dk + ((b * T + j) * KV + h) * HD, dk_acc.data() + j * HD, HD * sizeof(float));
+      std::memcpy(dv + ((b * T + j) * KV + h) * HD, dv_acc.data() + j * HD, HD * sizeof(float));
+    }
+  }
+}
+
+NR_CLONES void causal_forward_tasks(const CausalArgs& a, int64_t hd, float* out, float* lse, int64_t begin,
+                                    int64_t end) {
+  switch (hd) {
+    case 32: causal_forward<32>(a, out, lse, begin, end); break;
+    case 64: causal_forward<64>(a, out, lse, begin, end); break;
+    default: causal_forward<128>(a, out, lse, begin, end);
+  }
+}
+
+NR_CLONES void causal_backward_tasks(const CausalArgs& a, int64_t hd, const float* out, const float* lse,
+                                     const float* dout, float* dq, float* dk, float* dv, int64_t begin, int64_t end) {
+  switch (hd) {
+    case 32: causal_backward<32>(a, out, lse, dout, dq, dk, dv, begin, end); break;
+    case 64: causal_backward<64>(a, out, lse, dout, dq, dk, dv, begin, end); break;
+    default: causal_backward<128>(a, out, lse, dout, dq, dk, dv, begin, end);
+  }
+}
+
+CausalArgs causal_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t hd = q.size(3);
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
+                  k.size(1) == q.size(1) && k.size(3) == hd && k.size(2) > 0 && q.size(2) % k.size(2) == 0 &&
+                  (hd == 32 || hd == 64 || hd == 128),
+              "causal_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
+  return CausalArgs{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                    {q.stride(0), q.stride(1), q.stride(2)}, {k.stride(0), k.stride(1), k.stride(2)},
+                    {v.stride(0), v.stride(1), v.stride(2)}, q.size(1), q.size(2), k.size(2),
+                    1.0f / std::sqrt(static_cast<float>(hd))};
+}
+
+struct CausalAttention : public torch::autograd::Function<CausalAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q_in, const at::Tensor& k_in,
+                            const at::Tensor& v_in) {
+    const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
+    const CausalArgs a = causal_args(q, k, v);
+    const int64_t bsz = q.size(0), hd = q.size(3);
+    at::Tensor out = at::empty({bsz * a.t_len, a.heads * hd}, q.options());
+    at::Tensor lse = at::empty({bsz, a.heads, a.t_len}, q.options());
+    float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+    at::parallel_for(0, bsz * a.kv_heads, 1, [&](int64_t b, int64_t e) { causal_forward_tasks(a, hd, op, lp, b, e); });
+    ctx->save_for_backward({q, k, v, out, lse});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const at::Tensor dout = grads[0].contiguous();
+    const CausalArgs a = causal_args(q, k, v);
+    const int64_t bsz = q.size(0), hd = q.size(3);
+    at::Tensor dq = at::empty({bsz, a.t_len, a.heads, hd}, q.options());
+    at::Tensor dk = at::empty({bsz, a.t_len, a.kv_heads, hd}, q.options());
+    at::Tensor dv = at::empty_like(dk);
+    const float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = dout.data_ptr<float>();
+    float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+    at::parallel_for(0, bsz * a.kv_heads, 1,
+                     [&](int64_t b, int64_t e) { causal_backward_tasks(a, hd, op, lp, gp, dqp, dkp, dvp, b, e); });
+    return {dq, dk, dv};
+  }
+};
+
 // ---- Pre-packed weights for matmuls that need no gradient (sampling, scoring) ----
 // MKL's sgemm repacks its B operand (the weight) on every call; at decode batch sizes that copy
 // is ~15 % of a step. cblas_sgemm_pack does it once, and the packed buffer serves any row count.
@@ -494,6 +755,11 @@ at::Tensor* nr_cached_attention(const at::Tensor* q, const at::Tensor* k, const 
                                 const at::Tensor* lens) {
   RECORD_FUNCTION("noregret::cached_attention", std::vector<c10::IValue>());
   return guarded([&] { return cached_attention(*q, *k, *v, *cos, *signed_sin, *k_cache, *v_cache, *lens); });
+}
+
+at::Tensor* nr_causal_attention(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v) {
+  RECORD_FUNCTION("noregret::causal_attention", std::vector<c10::IValue>());
+  return guarded([&] { return CausalAttention::apply(*q, *k, *v); });
 }
 
 bool nr_packing_available() { return mkl_packing().available(); }

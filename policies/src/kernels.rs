@@ -24,6 +24,7 @@ extern "C" {
         q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, cos: *const C_tensor, signed_sin: *const C_tensor,
         k_cache: *mut C_tensor, v_cache: *mut C_tensor, lens: *const C_tensor,
     ) -> *mut C_tensor;
+    fn nr_causal_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor) -> *mut C_tensor;
     fn nr_packing_available() -> bool;
     fn nr_pack_weight(w: *const C_tensor) -> *mut C_tensor;
     fn nr_packed_matmul(x: *const C_tensor, packed: *const C_tensor, k: i64, n: i64, init: *const C_tensor) -> *mut C_tensor;
@@ -84,6 +85,18 @@ pub fn rope(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
 /// silu(gate)·up from [.., 2I] holding gate then up; returns [.., I]. Differentiable.
 pub fn silu_mul(gate_up: &Tensor) -> Tensor {
     wrap(unsafe { nr_silu_mul(gate_up.as_ptr()) }, "silu_mul")
+}
+
+/// Head sizes the causal attention kernel is compiled for.
+pub fn causal_attention_fits(head_dim: i64) -> bool {
+    matches!(head_dim, 32 | 64 | 128)
+}
+
+/// Causal attention of fresh sequences (positions 0..T): q [B, T, heads, hd], k and v
+/// [B, T, kv_heads, hd] (any strides, contiguous last axis; hd per [`causal_attention_fits`]).
+/// Returns [B·T, heads·hd]. Differentiable in q, k and v.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    wrap(unsafe { nr_causal_attention(q.as_ptr(), k.as_ptr(), v.as_ptr()) }, "causal attention")
 }
 
 /// Rotate q [B, T, heads, hd] and k [B, T, kv_heads, hd], write k and v at positions

@@ -307,9 +307,13 @@ impl Model {
             Attention::Causal => {
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
                 let (q, k) = (&qk[0], &qk[1]);
-                let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-                let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh);
-                out.transpose(1, 2).reshape([b * t, nh * hd])
+                if kernels::applies(q) && kernels::causal_attention_fits(hd) {
+                    kernels::causal_attention(q, k, &v)
+                } else {
+                    let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+                    let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh);
+                    out.transpose(1, 2).reshape([b * t, nh * hd])
+                }
             }
             Attention::Cached { cache, write_index, bias, kv_len } => {
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
