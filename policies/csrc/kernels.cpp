@@ -652,6 +652,112 @@ struct CausalAttention : public torch::autograd::Function<CausalAttention> {
   }
 };
 
+// ---- A frozen linear layer with a trainable low-rank update, for the learner ----
+// y = init + x·w + (x·a_t)·b_t, with w [K, N] frozen, a_t [K, R] and b_t [R, N] (α/r folded in)
+// trainable, init a residual [M, N], a bias [N] or absent. As separate autograd ops the update's
+// backward reads dy twice (for d(x·a_t) and d b_t), writes its share of dx to a fresh tensor and
+// adds it to the base's dx in another pass. Here dy is read once, and the update's dx is added
+// into the base's dx row by row while x is read for d a_t.
+
+// Rows [begin, end): gxa[m] = dy[m]·b_tᵀ and gb += xa[m]ᵀ·dy[m] (gb [R, N] is this task's own).
+NR_CLONES void lora_dy_rows(const float* dy, const float* xa, const float* b_t, float* gxa, float* gb, int64_t n,
+                            int64_t rank, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float* d = dy + m * n;
+    for (int64_t r = 0; r < rank; ++r) {
+      const float* b = b_t + r * n;
+      float* g = gb + r * n;
+      const float w = xa[m * rank + r];
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < n; ++j) {
+        acc += d[j] * b[j];
+        g[j] += w * d[j];
+      }
+      gxa[m * rank + r] = acc;
+    }
+  }
+}
+
+// Rows [begin, end): dx[m] += gxa[m]·a (a = a_tᵀ, [R, K]) when dx is given, and ga += gxa[m]ᵀ·x[m]
+// (ga [R, K] is this task's own).
+NR_CLONES void lora_x_rows(const float* x, const float* gxa, const float* a, float* dx, float* ga, int64_t k,
+                           int64_t rank, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float* xm = x + m * k;
+    for (int64_t r = 0; r < rank; ++r) {
+      const float g = gxa[m * rank + r];
+      const float* ar = a + r * k;
+      float* gar = ga + r * k;
+      if (dx) {
+        float* dxm = dx + m * k;
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) {
+          dxm[j] += g * ar[j];
+          gar[j] += g * xm[j];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) gar[j] += g * xm[j];
+      }
+    }
+  }
+}
+
+// Run `rows_fn(begin, end, partial)` over rows in parallel, each task accumulating into its own
+// zeroed [size] partial; returns the partials' sum.
+template <typename F>
+at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const at::TensorOptions& options,
+                               const F& rows_fn) {
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + grain - 1) / grain));
+  at::Tensor partials = at::zeros({tasks, size}, options);
+  float* pp = partials.data_ptr<float>();
+  const int64_t per_task = (rows + tasks - 1) / tasks;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      rows_fn(t * per_task, std::min(rows, (t + 1) * per_task), pp + t * size);
+    }
+  });
+  return partials.sum(0);
+}
+
+struct LinearLora : public torch::autograd::Function<LinearLora> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w,
+                            const at::Tensor& init, const at::Tensor& a_t, const at::Tensor& b_t) {
+    const at::Tensor x = x_in.contiguous();
+    const bool has_init = init.numel() > 0;  // empty: none (autograd inputs cannot be undefined)
+    at::Tensor y = has_init ? at::addmm(init, x, w) : at::mm(x, w);
+    const at::Tensor xa = at::mm(x, a_t);
+    y.addmm_(xa, b_t);
+    ctx->save_for_backward({x, w, a_t, b_t, xa});
+    ctx->saved_data["init_is_bias"] = has_init && init.dim() == 1;
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &a_t = saved[2], &b_t = saved[3], &xa = saved[4];
+    const at::Tensor dy = grads[0].contiguous();
+    const int64_t m = x.size(0), k = x.size(1), n = dy.size(1), rank = a_t.size(1);
+    const at::Tensor b_c = b_t.contiguous(), a = a_t.t().contiguous();  // [R, N], [R, K]
+    at::Tensor dx = ctx->needs_input_grad(0) ? at::mm(dy, w.t()) : at::Tensor();
+    at::Tensor gxa = at::empty({m, rank}, dy.options());
+    const float *dyp = dy.data_ptr<float>(), *xap = xa.data_ptr<float>(), *bp = b_c.data_ptr<float>();
+    float* gp = gxa.data_ptr<float>();
+    const int64_t grain = grain_rows(std::max(n, k) * rank);
+    at::Tensor gb = parallel_accumulate(m, grain, rank * n, dy.options(), [&](int64_t b, int64_t e, float* part) {
+      lora_dy_rows(dyp, xap, bp, gp, part, n, rank, b, e);
+    });
+    const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>();
+    float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
+    at::Tensor ga = parallel_accumulate(m, grain, rank * k, dy.options(), [&](int64_t b, int64_t e, float* part) {
+      lora_x_rows(xp, gp, ap, dxp, part, k, rank, b, e);
+    });
+    at::Tensor dinit;
+    if (ctx->needs_input_grad(2)) dinit = ctx->saved_data["init_is_bias"].toBool() ? dy.sum(0) : dy;
+    return {dx, at::Tensor(), dinit, ga.view({rank, k}).t(), gb.view({rank, n})};
+  }
+};
+
 // ---- Pre-packed weights for matmuls that need no gradient (sampling, scoring) ----
 // MKL's sgemm repacks its B operand (the weight) on every call; at decode batch sizes that copy
 // is ~15 % of a step. cblas_sgemm_pack does it once, and the packed buffer serves any row count.
@@ -760,6 +866,13 @@ at::Tensor* nr_cached_attention(const at::Tensor* q, const at::Tensor* k, const 
 at::Tensor* nr_causal_attention(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v) {
   RECORD_FUNCTION("noregret::causal_attention", std::vector<c10::IValue>());
   return guarded([&] { return CausalAttention::apply(*q, *k, *v); });
+}
+
+// `init` may be null (no initial value).
+at::Tensor* nr_linear_lora(const at::Tensor* x, const at::Tensor* w, const at::Tensor* init, const at::Tensor* a_t,
+                           const at::Tensor* b_t) {
+  RECORD_FUNCTION("noregret::linear_lora", std::vector<c10::IValue>());
+  return guarded([&] { return LinearLora::apply(*x, *w, init ? *init : at::empty({0}, x->options()), *a_t, *b_t); });
 }
 
 bool nr_packing_available() { return mkl_packing().available(); }

@@ -25,6 +25,8 @@ extern "C" {
         k_cache: *mut C_tensor, v_cache: *mut C_tensor, lens: *const C_tensor,
     ) -> *mut C_tensor;
     fn nr_causal_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor) -> *mut C_tensor;
+    fn nr_linear_lora(x: *const C_tensor, w: *const C_tensor, init: *const C_tensor, a_t: *const C_tensor,
+                      b_t: *const C_tensor) -> *mut C_tensor;
     fn nr_packing_available() -> bool;
     fn nr_pack_weight(w: *const C_tensor) -> *mut C_tensor;
     fn nr_packed_matmul(x: *const C_tensor, packed: *const C_tensor, k: i64, n: i64, init: *const C_tensor) -> *mut C_tensor;
@@ -85,6 +87,18 @@ pub fn rope(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
 /// silu(gate)·up from [.., 2I] holding gate then up; returns [.., I]. Differentiable.
 pub fn silu_mul(gate_up: &Tensor) -> Tensor {
     wrap(unsafe { nr_silu_mul(gate_up.as_ptr()) }, "silu_mul")
+}
+
+/// Largest adapter width (columns of a fused group's A, e.g. 3 × rank for q|k|v) that
+/// [`linear_lora`] serves; its row loops cost rank × the passes, so MKL serves wider ones.
+pub const LINEAR_LORA_MAX_RANK: i64 = 32;
+
+/// `init + x·w + (x·a_t)·b_t` for the learner: w [K, N] frozen, a_t [K, R] and b_t [R, N]
+/// trainable, `init` a residual [M, N], a bias [N] or absent. Differentiable in x, init, a_t,
+/// b_t (not w). Same numbers as the separate ops, with fewer passes over dy and x backward.
+pub fn linear_lora(x: &Tensor, w: &Tensor, init: Option<&Tensor>, a_t: &Tensor, b_t: &Tensor) -> Tensor {
+    let init = init.map_or(std::ptr::null(), |t| t.as_ptr());
+    wrap(unsafe { nr_linear_lora(x.as_ptr(), w.as_ptr(), init, a_t.as_ptr(), b_t.as_ptr()) }, "linear_lora")
 }
 
 /// Head sizes the causal attention kernel is compiled for.

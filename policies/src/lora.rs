@@ -382,6 +382,13 @@ impl LoraRuntime {
         }
     }
 
+    /// The group's (a_t, b_t) when every row uses one adapter and it is being trained: the
+    /// case [`crate::kernels::linear_lora`] serves.
+    pub(crate) fn trainable_group(&self, layer: usize, group: usize) -> Option<(&Tensor, &Tensor)> {
+        let p = self.layers[layer][group].as_ref()?;
+        (self.masks.is_none() && p.a_t.requires_grad()).then_some((&p.a_t, &p.b_t))
+    }
+
     /// Add the group's low-rank update to `y` (= x·Wᵀ), with x [N, in] and y [N, out], where the
     /// N rows are `rows` batch rows of `n / rows` tokens each. `layer` None means an outer group.
     pub(crate) fn apply(&self, layer: Option<usize>, group: usize, x: &Tensor, y: Tensor, rows: i64) -> Tensor {

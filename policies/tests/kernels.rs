@@ -142,6 +142,41 @@ fn causal_attention_matches_sdpa_values_and_gradients() {
     }
 }
 
+/// The learner's fused linear + LoRA against the separate ops it replaces: values and the
+/// gradients of x, the residual or bias it starts from, A and B; widths 1 and 6.
+#[test]
+fn linear_lora_matches_eager_values_and_gradients() {
+    tch::manual_seed(3);
+    let (m, k, n) = (37, 48, 80);
+    let w = Tensor::randn([k, n], (Kind::Float, tch::Device::Cpu)) * 0.2;
+    for rank in [1, 6] {
+        let x = randn(&[m, k], 1.0);
+        let a_t = randn(&[k, rank], 0.3);
+        let b_t = randn(&[rank, n], 0.3);
+        let residual = randn(&[m, n], 1.0);
+        let bias = randn(&[n], 1.0);
+        for (what, init) in [("no init", None), ("residual", Some(&residual)), ("bias", Some(&bias))] {
+            let fused = || kernels::linear_lora(&x, &w, init, &a_t, &b_t);
+            let eager = || {
+                let y = match init {
+                    Some(i) => i.addmm(&x, &w),
+                    None => x.mm(&w),
+                };
+                y + x.mm(&a_t).mm(&b_t)
+            };
+            let mut inputs = vec![&x, &a_t, &b_t];
+            inputs.extend(init);
+            let upstream = Tensor::arange(m * n, (Kind::Float, tch::Device::Cpu)).sin().view([m, n]);
+            let run = |f: &dyn Fn() -> Tensor| {
+                let y = f();
+                let loss = (y.shallow_clone() * &upstream).sum(Kind::Float);
+                (y.detach(), Tensor::run_backward(&[loss], &inputs, false, false))
+            };
+            assert_same(&format!("linear_lora rank {rank}, {what}"), [run(&fused), run(&eager)], 1e-4);
+        }
+    }
+}
+
 /// Pre-packed weights give the product plain `mm` gives: any row count, with no initial value,
 /// a residual [M, N] or a bias [N], and a strided left operand.
 #[test]
