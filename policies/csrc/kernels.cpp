@@ -473,15 +473,33 @@ NR_INLINE void weighted_rows(const float* p, int64_t n, const float* y, int64_t 
 struct CausalArgs {
   const float *q, *k, *v;
   int64_t qs[3], ks[3], vs[3];  // strides of batch, position, head (elements)
+  const float *cos, *ssin;      // rotary tables [B·T, hd] for q and k, or null: already rotated
   int64_t t_len, heads, kv_heads;
   float scale;
 };
 
-// Keys (or values) of one (batch row, kv head), transposed into xt [HD, ldt], zero-padded.
+// Where the backward pass writes dq, dk, dv (separate tensors, or slices of one d(qkv)).
+struct CausalGrads {
+  float *dq, *dk, *dv;
+  int64_t qs[3], ks[3], vs[3];
+};
+
+// Row `pos` of batch row b, rotated when the args carry tables (inverse rotation: transpose).
+template <int64_t HD>
+NR_INLINE void load_row(const CausalArgs& a, const float* x, int64_t b, int64_t pos, bool transpose, float* out) {
+  if (!a.cos) {
+    std::memcpy(out, x, HD * sizeof(float));
+    return;
+  }
+  const int64_t row = b * a.t_len + pos;
+  const float* s = a.ssin + row * HD;
+  rotate_into(x, a.cos + row * HD, transpose ? s + HD / 2 : s, transpose ? s : s + HD / 2, 1.0f, out, HD);
+}
+
+// Rows x_j = x + j·stride, transposed into xt [HD, ldt], zero-padded.
 template <int64_t HD>
 NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* xt, int64_t ldt) {
   for (int64_t j = 0; j < n; ++j) {
-    // Rows lie a page or so apart in the fused qkv buffer: ask for the next ones early.
     for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(x + (j + 4) * stride + c);
     const float* row = x + j * stride;
     for (int64_t e = 0; e < HD; ++e) xt[e * ldt + j] = row[e];
@@ -489,23 +507,44 @@ NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* 
   for (int64_t e = 0; e < HD; ++e) std::fill(xt + e * ldt + n, xt + (e + 1) * ldt, 0.0f);
 }
 
+// One task's keys (rotated) into kr [T, HD] and transposed into kt [HD, ldt], zero-padded.
+template <int64_t HD>
+NR_INLINE void task_keys(const CausalArgs& a, int64_t b, int64_t h, float* kr, float* kt, int64_t ldt) {
+  const float* k = a.k + b * a.ks[0] + h * a.ks[2];
+  for (int64_t j = 0; j < a.t_len; ++j) {
+    // Rows lie a page or so apart in the fused qkv buffer (prefetch also in transpose_rows).
+    for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(k + (j + 4) * a.ks[1] + c);
+    load_row<HD>(a, k + j * a.ks[1], b, j, false, kr + j * HD);
+  }
+  transpose_rows<HD>(kr, HD, a.t_len, kt, ldt);
+}
+
+// The block's query rows (rotated) into qb [kBlock, HD]; rows past the end repeat the last.
+template <int64_t HD>
+NR_INLINE void block_queries(const CausalArgs& a, int64_t b, int64_t head, int64_t i0, int64_t rows, float* qb,
+                             const float** qr) {
+  for (int64_t r = 0; r < kBlock; ++r) {
+    if (r < rows) {
+      load_row<HD>(a, a.q + b * a.qs[0] + (i0 + r) * a.qs[1] + head * a.qs[2], b, i0 + r, false, qb + r * HD);
+    }
+    qr[r] = qb + std::min(r, rows - 1) * HD;
+  }
+}
+
 template <int64_t HD>
 NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64_t begin, int64_t end) {
   const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads;
-  std::vector<float> kt(HD * ldt), s(kBlock * ldt);
+  std::vector<float> kr(T * HD), kt(HD * ldt), s(kBlock * ldt), qb(kBlock * HD);
+  const float* qr[kBlock];
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / a.kv_heads, h = task % a.kv_heads;
-    const float* k = a.k + b * a.ks[0] + h * a.ks[2];
     const float* v = a.v + b * a.vs[0] + h * a.vs[2];
-    transpose_rows<HD>(k, a.ks[1], T, kt.data(), ldt);
+    task_keys<HD>(a, b, h, kr.data(), kt.data(), ldt);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = h * group + g;
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
-        const float* qr[kBlock];
-        for (int64_t r = 0; r < kBlock; ++r) {
-          qr[r] = a.q + b * a.qs[0] + (i0 + std::min(r, rows - 1)) * a.qs[1] + head * a.qs[2];
-        }
+        block_queries<HD>(a, b, head, i0, rows, qb.data(), qr);
         block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), s.data(), ldt);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t i = i0 + r, visible = i + 1;
@@ -526,15 +565,16 @@ NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64
 }
 
 template <int64_t HD>
-NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const float* lse, const float* dout, float* dq,
-                               float* dk, float* dv, int64_t begin, int64_t end) {
+NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const float* lse, const float* dout,
+                               const CausalGrads& d, int64_t begin, int64_t end) {
   const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads, H = a.heads, KV = a.kv_heads;
-  std::vector<float> kt(HD * ldt), vt(HD * ldt), p(kBlock * ldt), dp(kBlock * ldt), dk_acc(T * HD), dv_acc(T * HD);
+  std::vector<float> kr(T * HD), kt(HD * ldt), vt(HD * ldt), p(kBlock * ldt), dp(kBlock * ldt), qb(kBlock * HD),
+      dk_acc(T * HD), dv_acc(T * HD), row(HD);
+  const float *qr[kBlock], *dor[kBlock];
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / KV, h = task % KV;
-    const float* k = a.k + b * a.ks[0] + h * a.ks[2];
     const float* v = a.v + b * a.vs[0] + h * a.vs[2];
-    transpose_rows<HD>(k, a.ks[1], T, kt.data(), ldt);
+    task_keys<HD>(a, b, h, kr.data(), kt.data(), ldt);
     transpose_rows<HD>(v, a.vs[1], T, vt.data(), ldt);
     std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
     std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
@@ -542,29 +582,26 @@ NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const floa
       const int64_t head = h * group + g;
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
-        const float *qr[kBlock], *dor[kBlock];
-        for (int64_t r = 0; r < kBlock; ++r) {
-          const int64_t i = i0 + std::min(r, rows - 1);
-          qr[r] = a.q + b * a.qs[0] + i * a.qs[1] + head * a.qs[2];
-          dor[r] = dout + ((b * T + i) * H + head) * HD;
-        }
+        block_queries<HD>(a, b, head, i0, rows, qb.data(), qr);
+        for (int64_t r = 0; r < kBlock; ++r) dor[r] = dout + ((b * T + i0 + std::min(r, rows - 1)) * H + head) * HD;
         block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), p.data(), ldt);
         block_scores<HD>(dor, rows, vt.data(), ldt, round_up16(n), dp.data(), ldt);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t i = i0 + r, visible = i + 1;
-          const float* o = out + ((b * T + i) * H + head) * HD;
-          const float d = dot<HD>(dor[r], o);
+          const float dsum = dot<HD>(dor[r], out + ((b * T + i) * H + head) * HD);
           const float l = lse[(b * H + head) * T + i];
           float* pr = p.data() + r * ldt;
           float* dsr = dp.data() + r * ldt;  // dP becomes dS in place
 #pragma omp simd
           for (int64_t j = 0; j < visible; ++j) {
             pr[j] = exp_approx(pr[j] * a.scale - l);
-            dsr[j] = pr[j] * (dsr[j] - d);
+            dsr[j] = pr[j] * (dsr[j] - dsum);
           }
           std::fill(pr + visible, pr + n, 0.0f);
           std::fill(dsr + visible, dsr + n, 0.0f);
-          weighted_rows<HD>(dsr, visible, k, a.ks[1], a.scale, dq + ((b * T + i) * H + head) * HD);
+          // dq in rotated space, then back through the rotation into its place.
+          weighted_rows<HD>(dsr, visible, kr.data(), HD, a.scale, row.data());
+          load_row<HD>(a, row.data(), b, i, true, d.dq + b * d.qs[0] + i * d.qs[1] + head * d.qs[2]);
         }
         // Keys and values gain from every row of the block that sees them (the rest are 0).
         for (int64_t j = 0; j < n; ++j) {
@@ -586,8 +623,8 @@ NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const floa
       }
     }
     for (int64_t j = 0; j < T; ++j) {
-      std::memcpy(dk + ((b * T + j) * KV + h) * HD, dk_acc.data() + j * HD, HD * sizeof(float));
-      std::memcpy(dv + ((b * T + j) * KV + h) * HD, dv_acc.data() + j * HD, HD * sizeof(float));
+      load_row<HD>(a, dk_acc.data() + j * HD, b, j, true, d.dk + b * d.ks[0] + j * d.ks[1] + h * d.ks[2]);
+      std::memcpy(d.dv + b * d.vs[0] + j * d.vs[1] + h * d.vs[2], dv_acc.data() + j * HD, HD * sizeof(float));
     }
   }
 }
@@ -602,53 +639,116 @@ NR_CLONES void causal_forward_tasks(const CausalArgs& a, int64_t hd, float* out,
 }
 
 NR_CLONES void causal_backward_tasks(const CausalArgs& a, int64_t hd, const float* out, const float* lse,
-                                     const float* dout, float* dq, float* dk, float* dv, int64_t begin, int64_t end) {
+                                     const float* dout, const CausalGrads& d, int64_t begin, int64_t end) {
   switch (hd) {
-    case 32: causal_backward<32>(a, out, lse, dout, dq, dk, dv, begin, end); break;
-    case 64: causal_backward<64>(a, out, lse, dout, dq, dk, dv, begin, end); break;
-    default: causal_backward<128>(a, out, lse, dout, dq, dk, dv, begin, end);
+    case 32: causal_backward<32>(a, out, lse, dout, d, begin, end); break;
+    case 64: causal_backward<64>(a, out, lse, dout, d, begin, end); break;
+    default: causal_backward<128>(a, out, lse, dout, d, begin, end);
   }
 }
 
-CausalArgs causal_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+void strides3(const at::Tensor& t, int64_t* out) {
+  for (int i = 0; i < 3; ++i) out[i] = t.stride(i);
+}
+
+// q, k, v: views [B, T, heads or kv_heads, hd]; cos and ssin undefined when q and k are rotated.
+CausalArgs causal_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                       const at::Tensor& ssin) {
   const int64_t hd = q.size(3);
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
                   k.size(1) == q.size(1) && k.size(3) == hd && k.size(2) > 0 && q.size(2) % k.size(2) == 0 &&
-                  (hd == 32 || hd == 64 || hd == 128),
+                  (hd == 32 || hd == 64 || hd == 128) && q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
               "causal_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
-  return CausalArgs{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
-                    {q.stride(0), q.stride(1), q.stride(2)}, {k.stride(0), k.stride(1), k.stride(2)},
-                    {v.stride(0), v.stride(1), v.stride(2)}, q.size(1), q.size(2), k.size(2),
-                    1.0f / std::sqrt(static_cast<float>(hd))};
+  TORCH_CHECK(!cos.defined() || (cos.is_contiguous() && ssin.is_contiguous() && ssin.sizes() == cos.sizes() &&
+                                 cos.size(0) == q.size(0) * q.size(1) && cos.size(1) == hd),
+              "causal_attention: rotary tables ", cos.sizes(), " do not fit ", q.sizes());
+  CausalArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), {}, {}, {},
+               cos.defined() ? cos.data_ptr<float>() : nullptr, cos.defined() ? ssin.data_ptr<float>() : nullptr,
+               q.size(1), q.size(2), k.size(2), 1.0f / std::sqrt(static_cast<float>(hd))};
+  strides3(q, a.qs);
+  strides3(k, a.ks);
+  strides3(v, a.vs);
+  return a;
 }
 
+std::vector<at::Tensor> split_qkv(const at::Tensor& qkv, int64_t heads, int64_t kv_heads) {
+  return {qkv.narrow(2, 0, heads), qkv.narrow(2, heads, kv_heads), qkv.narrow(2, heads + kv_heads, kv_heads)};
+}
+
+at::Tensor causal_attention_forward(const CausalArgs& a, int64_t bsz, int64_t hd, const at::TensorOptions& options,
+                                    at::Tensor& lse) {
+  at::Tensor out = at::empty({bsz * a.t_len, a.heads * hd}, options);
+  lse = at::empty({bsz, a.heads, a.t_len}, options);
+  float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  at::parallel_for(0, bsz * a.kv_heads, 1, [&](int64_t b, int64_t e) { causal_forward_tasks(a, hd, op, lp, b, e); });
+  return out;
+}
+
+void causal_attention_backward(const CausalArgs& a, int64_t bsz, int64_t hd, const at::Tensor& out,
+                               const at::Tensor& lse, const at::Tensor& dout, const CausalGrads& d) {
+  const float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = dout.data_ptr<float>();
+  at::parallel_for(0, bsz * a.kv_heads, 1,
+                   [&](int64_t b, int64_t e) { causal_backward_tasks(a, hd, op, lp, gp, d, b, e); });
+}
+
+// Attention over q, k, v already rotated (separate tensors).
 struct CausalAttention : public torch::autograd::Function<CausalAttention> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q_in, const at::Tensor& k_in,
                             const at::Tensor& v_in) {
     const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
-    const CausalArgs a = causal_args(q, k, v);
-    const int64_t bsz = q.size(0), hd = q.size(3);
-    at::Tensor out = at::empty({bsz * a.t_len, a.heads * hd}, q.options());
-    at::Tensor lse = at::empty({bsz, a.heads, a.t_len}, q.options());
-    float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
-    at::parallel_for(0, bsz * a.kv_heads, 1, [&](int64_t b, int64_t e) { causal_forward_tasks(a, hd, op, lp, b, e); });
+    at::Tensor lse;
+    const at::Tensor out =
+        causal_attention_forward(causal_args(q, k, v, {}, {}), q.size(0), q.size(3), q.options(), lse);
     ctx->save_for_backward({q, k, v, out, lse});
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
-    const at::Tensor dout = grads[0].contiguous();
-    const CausalArgs a = causal_args(q, k, v);
-    const int64_t bsz = q.size(0), hd = q.size(3);
-    at::Tensor dq = at::empty({bsz, a.t_len, a.heads, hd}, q.options());
-    at::Tensor dk = at::empty({bsz, a.t_len, a.kv_heads, hd}, q.options());
-    at::Tensor dv = at::empty_like(dk);
-    const float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = dout.data_ptr<float>();
-    float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
-    at::parallel_for(0, bsz * a.kv_heads, 1,
-                     [&](int64_t b, int64_t e) { causal_backward_tasks(a, hd, op, lp, gp, dqp, dkp, dvp, b, e); });
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
+               dv = at::empty(v.sizes(), v.options());
+    CausalGrads d{dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), {}, {}, {}};
+    strides3(dq, d.qs);
+    strides3(dk, d.ks);
+    strides3(dv, d.vs);
+    causal_attention_backward(causal_args(q, k, v, {}, {}), q.size(0), q.size(3), saved[3], saved[4],
+                              grads[0].contiguous(), d);
     return {dq, dk, dv};
+  }
+};
+
+// Rotary embedding and attention from the fused projection's output qkv [B, T, heads + 2·kv, hd]
+// (q, k, v heads side by side): the gradient comes back as one d(qkv), with no rotated copies of
+// q and k kept and no concatenation of separate gradients.
+struct RopeCausalAttention : public torch::autograd::Function<RopeCausalAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv_in, int64_t heads, int64_t kv_heads,
+                            const at::Tensor& cos, const at::Tensor& ssin) {
+    const at::Tensor qkv = last_axis_contiguous(qkv_in);
+    TORCH_CHECK(qkv.dim() == 4 && qkv.size(2) == heads + 2 * kv_heads, "rope_causal_attention: qkv ", qkv.sizes(),
+                " for ", heads, " + 2·", kv_heads, " heads");
+    const auto parts = split_qkv(qkv, heads, kv_heads);
+    at::Tensor lse;
+    const at::Tensor out = causal_attention_forward(causal_args(parts[0], parts[1], parts[2], cos, ssin),
+                                                    qkv.size(0), qkv.size(3), qkv.options(), lse);
+    ctx->save_for_backward({qkv, cos, ssin, out, lse});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["kv_heads"] = kv_heads;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& qkv = saved[0];
+    const int64_t heads = ctx->saved_data["heads"].toInt(), kv_heads = ctx->saved_data["kv_heads"].toInt();
+    const auto parts = split_qkv(qkv, heads, kv_heads);
+    at::Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
+    const auto dparts = split_qkv(dqkv, heads, kv_heads);
+    CausalGrads d{dparts[0].data_ptr<float>(), dparts[1].data_ptr<float>(), dparts[2].data_ptr<float>(), {}, {}, {}};
+    strides3(dparts[0], d.qs);
+    strides3(dparts[1], d.ks);
+    strides3(dparts[2], d.vs);
+    causal_attention_backward(causal_args(parts[0], parts[1], parts[2], saved[1], saved[2]), qkv.size(0),
+                              qkv.size(3), saved[3], saved[4], grads[0].contiguous(), d);
+    return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -866,6 +966,12 @@ at::Tensor* nr_cached_attention(const at::Tensor* q, const at::Tensor* k, const 
 at::Tensor* nr_causal_attention(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v) {
   RECORD_FUNCTION("noregret::causal_attention", std::vector<c10::IValue>());
   return guarded([&] { return CausalAttention::apply(*q, *k, *v); });
+}
+
+at::Tensor* nr_rope_causal_attention(const at::Tensor* qkv, int64_t heads, int64_t kv_heads, const at::Tensor* cos,
+                                     const at::Tensor* signed_sin) {
+  RECORD_FUNCTION("noregret::rope_causal_attention", std::vector<c10::IValue>());
+  return guarded([&] { return RopeCausalAttention::apply(*qkv, heads, kv_heads, *cos, *signed_sin); });
 }
 
 // `init` may be null (no initial value).

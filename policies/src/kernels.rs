@@ -25,6 +25,8 @@ extern "C" {
         k_cache: *mut C_tensor, v_cache: *mut C_tensor, lens: *const C_tensor,
     ) -> *mut C_tensor;
     fn nr_causal_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor) -> *mut C_tensor;
+    fn nr_rope_causal_attention(qkv: *const C_tensor, heads: i64, kv_heads: i64, cos: *const C_tensor,
+                                signed_sin: *const C_tensor) -> *mut C_tensor;
     fn nr_linear_lora(x: *const C_tensor, w: *const C_tensor, init: *const C_tensor, a_t: *const C_tensor,
                       b_t: *const C_tensor) -> *mut C_tensor;
     fn nr_packing_available() -> bool;
@@ -111,6 +113,14 @@ pub fn causal_attention_fits(head_dim: i64) -> bool {
 /// Returns [B·T, heads·hd]. Differentiable in q, k and v.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     wrap(unsafe { nr_causal_attention(q.as_ptr(), k.as_ptr(), v.as_ptr()) }, "causal attention")
+}
+
+/// Rotary embedding and causal attention straight from the fused projection's output
+/// qkv [B, T, heads + 2·kv_heads, hd] (contiguous last axis), with tables cos and signed sin
+/// [B·T, hd]. Returns [B·T, heads·hd]; differentiable in qkv, whose gradient comes back whole.
+pub fn rope_causal_attention(qkv: &Tensor, heads: i64, kv_heads: i64, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    let out = unsafe { nr_rope_causal_attention(qkv.as_ptr(), heads, kv_heads, cos.as_ptr(), signed_sin.as_ptr()) };
+    wrap(out, "rope + causal attention")
 }
 
 /// Rotate q [B, T, heads, hd] and k [B, T, kv_heads, hd], write k and v at positions

@@ -292,43 +292,49 @@ impl Model {
 
         let h = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
         let qkv = project(&h, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV).view([b, t, nh + 2 * nkv, hd]);
-        // q and k are rotated together (they share positions). Splits rather than narrows: in
-        // training their backward is one concatenation, not a zero-filled gradient per slice.
-        let (qk, v) = match (&layer.q_norm, &layer.k_norm) {
-            (Some(qn), Some(kn)) => {
-                let [q, k, v]: [Tensor; 3] = qkv.split_with_sizes([nh, nkv, nkv], 2).try_into().expect("three parts");
-                (Tensor::cat(&[rms_norm(&q, qn, c.rms_norm_eps), rms_norm(&k, kn, c.rms_norm_eps)], 2), v)
-            }
-            _ => {
-                let mut parts = qkv.split_with_sizes([nh + nkv, nkv], 2);
-                let v = parts.pop().expect("two parts");
-                (parts.pop().expect("two parts"), v)
-            }
-        };
-        let attn = match attention {
-            Attention::FusedCached { cache, lens } => {
-                let qk = qk.split_with_sizes([nh, nkv], 2);
-                kernels::cached_attention(&qk[0], &qk[1], &v, cos, sin, &mut cache.k[i], &mut cache.v[i], lens)
-            }
-            Attention::Causal => {
-                let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
-                let (q, k) = (&qk[0], &qk[1]);
-                if kernels::applies(q) && kernels::causal_attention_fits(hd) {
-                    kernels::causal_attention(q, k, &v)
-                } else {
-                    let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-                    let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh);
-                    out.transpose(1, 2).reshape([b * t, nh * hd])
+        let fresh_without_qk_norm = matches!(attention, Attention::Causal) && layer.q_norm.is_none();
+        let attn = if fresh_without_qk_norm && kernels::applies(&qkv) && kernels::causal_attention_fits(hd) {
+            // Rotation inside the attention kernel: no rotated copy, one gradient for qkv.
+            kernels::rope_causal_attention(&qkv, nh, nkv, cos, sin)
+        } else {
+            // q and k are rotated together (they share positions). Splits rather than narrows: in
+            // training their backward is one concatenation, not a zero-filled gradient per slice.
+            let (qk, v) = match (&layer.q_norm, &layer.k_norm) {
+                (Some(qn), Some(kn)) => {
+                    let [q, k, v]: [Tensor; 3] = qkv.split_with_sizes([nh, nkv, nkv], 2).try_into().expect("three parts");
+                    (Tensor::cat(&[rms_norm(&q, qn, c.rms_norm_eps), rms_norm(&k, kn, c.rms_norm_eps)], 2), v)
                 }
-            }
-            Attention::Cached { cache, write_index, bias, kv_len } => {
-                let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
-                let (q, k) = (&qk[0], &qk[1]);
-                let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
-                let _ = ck.scatter_(2, write_index, &k.transpose(1, 2));
-                let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
-                let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
-                grouped_attention(q, &keys, &values, bias, nkv)
+                _ => {
+                    let mut parts = qkv.split_with_sizes([nh + nkv, nkv], 2);
+                    let v = parts.pop().expect("two parts");
+                    (parts.pop().expect("two parts"), v)
+                }
+            };
+            match attention {
+                Attention::FusedCached { cache, lens } => {
+                    let qk = qk.split_with_sizes([nh, nkv], 2);
+                    kernels::cached_attention(&qk[0], &qk[1], &v, cos, sin, &mut cache.k[i], &mut cache.v[i], lens)
+                }
+                Attention::Causal => {
+                    let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
+                    let (q, k) = (&qk[0], &qk[1]);
+                    if kernels::applies(q) && kernels::causal_attention_fits(hd) {
+                        kernels::causal_attention(q, k, &v)
+                    } else {
+                        let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+                        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh);
+                        out.transpose(1, 2).reshape([b * t, nh * hd])
+                    }
+                }
+                Attention::Cached { cache, write_index, bias, kv_len } => {
+                    let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
+                    let (q, k) = (&qk[0], &qk[1]);
+                    let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
+                    let _ = ck.scatter_(2, write_index, &k.transpose(1, 2));
+                    let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
+                    let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
+                    grouped_attention(q, &keys, &values, bias, nkv)
+                }
             }
         };
         let x = project_onto(Some(x), &attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);

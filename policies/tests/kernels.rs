@@ -139,6 +139,19 @@ fn causal_attention_matches_sdpa_values_and_gradients() {
         };
         let what = format!("causal attention hd {hd}, T {t}, {heads}/{kv_heads} heads");
         assert_same(&what, [run(&fused), run(&reference)], 2e-5);
+
+        // With the rotation inside the kernel, against eager rotation then SDPA.
+        let cos = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu));
+        let sin = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
+        let rotated = || kernels::rope_causal_attention(&qkv, heads, kv_heads, &cos, &sin);
+        let rotate_then_sdpa = || {
+            let p = parts();
+            let qk = with_fused(false, || policies::rope::apply(&qkv.narrow(2, 0, heads + kv_heads), &cos, &sin));
+            let (q, k) = (qk.narrow(2, 0, heads).transpose(1, 2), qk.narrow(2, heads, kv_heads).transpose(1, 2));
+            let out = Tensor::scaled_dot_product_attention(&q, &k, &p[2].transpose(1, 2), None::<Tensor>, 0.0, true, None, kv_heads != heads);
+            out.transpose(1, 2).reshape([b * t, heads * hd])
+        };
+        assert_same(&format!("rope + {what}"), [run(&rotated), run(&rotate_then_sdpa)], 2e-5);
     }
 }
 
