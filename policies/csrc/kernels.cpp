@@ -759,22 +759,36 @@ struct RopeCausalAttention : public torch::autograd::Function<RopeCausalAttentio
 // adds it to the base's dx in another pass. Here dy is read once, and the update's dx is added
 // into the base's dx row by row while x is read for d a_t.
 
+// Σ_j d[j]·b[j], and g[j] += w·d[j] on the way, over n floats: one read of d for both. Four
+// accumulators, so the sum is not one FMA latency chain.
+NR_INLINE float dot_and_axpy(const float* d, const float* b, float* g, float w, int64_t n) {
+  v16 a0 = v16{}, a1 = v16{}, a2 = v16{}, a3 = v16{};
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    const v16 d0 = load16(d + j), d1 = load16(d + j + 16), d2 = load16(d + j + 32), d3 = load16(d + j + 48);
+    a0 += d0 * load16(b + j);
+    a1 += d1 * load16(b + j + 16);
+    a2 += d2 * load16(b + j + 32);
+    a3 += d3 * load16(b + j + 48);
+    store16(g + j, load16(g + j) + d0 * w);
+    store16(g + j + 16, load16(g + j + 16) + d1 * w);
+    store16(g + j + 32, load16(g + j + 32) + d2 * w);
+    store16(g + j + 48, load16(g + j + 48) + d3 * w);
+  }
+  float acc = horizontal_sum((a0 + a1) + (a2 + a3));
+  for (; j < n; ++j) {
+    acc += d[j] * b[j];
+    g[j] += w * d[j];
+  }
+  return acc;
+}
+
 // Rows [begin, end): gxa[m] = dy[m]·b_tᵀ and gb += xa[m]ᵀ·dy[m] (gb [R, N] is this task's own).
 NR_CLONES void lora_dy_rows(const float* dy, const float* xa, const float* b_t, float* gxa, float* gb, int64_t n,
                             int64_t rank, int64_t begin, int64_t end) {
   for (int64_t m = begin; m < end; ++m) {
-    const float* d = dy + m * n;
     for (int64_t r = 0; r < rank; ++r) {
-      const float* b = b_t + r * n;
-      float* g = gb + r * n;
-      const float w = xa[m * rank + r];
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = 0; j < n; ++j) {
-        acc += d[j] * b[j];
-        g[j] += w * d[j];
-      }
-      gxa[m * rank + r] = acc;
+      gxa[m * rank + r] = dot_and_axpy(dy + m * n, b_t + r * n, gb + r * n, xa[m * rank + r], n);
     }
   }
 }
