@@ -297,45 +297,7 @@ impl Model {
             // Rotation inside the attention kernel: no rotated copy, one gradient for qkv.
             kernels::rope_causal_attention(&qkv, nh, nkv, cos, sin)
         } else {
-            // q and k are rotated together (they share positions). Splits rather than narrows: in
-            // training their backward is one concatenation, not a zero-filled gradient per slice.
-            let (qk, v) = match (&layer.q_norm, &layer.k_norm) {
-                (Some(qn), Some(kn)) => {
-                    let [q, k, v]: [Tensor; 3] = qkv.split_with_sizes([nh, nkv, nkv], 2).try_into().expect("three parts");
-                    (Tensor::cat(&[rms_norm(&q, qn, c.rms_norm_eps), rms_norm(&k, kn, c.rms_norm_eps)], 2), v)
-                }
-                _ => {
-                    let mut parts = qkv.split_with_sizes([nh + nkv, nkv], 2);
-                    let v = parts.pop().expect("two parts");
-                    (parts.pop().expect("two parts"), v)
-                }
-            };
-            match attention {
-                Attention::FusedCached { cache, lens } => {
-                    let qk = qk.split_with_sizes([nh, nkv], 2);
-                    kernels::cached_attention(&qk[0], &qk[1], &v, cos, sin, &mut cache.k[i], &mut cache.v[i], lens)
-                }
-                Attention::Causal => {
-                    let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
-                    let (q, k) = (&qk[0], &qk[1]);
-                    if kernels::applies(q) && kernels::causal_attention_fits(hd) {
-                        kernels::causal_attention(q, k, &v)
-                    } else {
-                        let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-                        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh);
-                        out.transpose(1, 2).reshape([b * t, nh * hd])
-                    }
-                }
-                Attention::Cached { cache, write_index, bias, kv_len } => {
-                    let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
-                    let (q, k) = (&qk[0], &qk[1]);
-                    let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
-                    let _ = ck.scatter_(2, write_index, &k.transpose(1, 2));
-                    let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
-                    let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
-                    grouped_attention(q, &keys, &values, bias, nkv)
-                }
-            }
+            self.attend(i, layer, &qkv, cos, sin, attention)
         };
         let x = project_onto(Some(x), &attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
 
@@ -348,6 +310,54 @@ impl Model {
             gu[0].silu() * &gu[1]
         };
         project_onto(Some(&x), &act, &layer.down, layer.down_bias.as_ref(), GROUP_DOWN)
+    }
+
+    /// Attention from the fused projection's output qkv [B, T, heads + 2·kv, hd] by way of
+    /// separate q, k and v: q/k norms, rotation, then the attention that `attention` asks for.
+    /// Returns [B·T, heads·hd].
+    fn attend(&self, i: usize, layer: &Layer, qkv: &Tensor, cos: &Tensor, sin: &Tensor, attention: &mut Attention<'_>) -> Tensor {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let (b, t) = (qkv.size()[0], qkv.size()[1]);
+        // q and k are rotated together (they share positions). Splits rather than narrows: in
+        // training their backward is one concatenation, not a zero-filled gradient per slice.
+        let (qk, v) = match (&layer.q_norm, &layer.k_norm) {
+            (Some(qn), Some(kn)) => {
+                let [q, k, v]: [Tensor; 3] = qkv.split_with_sizes([nh, nkv, nkv], 2).try_into().expect("three parts");
+                (Tensor::cat(&[rms_norm(&q, qn, c.rms_norm_eps), rms_norm(&k, kn, c.rms_norm_eps)], 2), v)
+            }
+            _ => {
+                let mut parts = qkv.split_with_sizes([nh + nkv, nkv], 2);
+                let v = parts.pop().expect("two parts");
+                (parts.pop().expect("two parts"), v)
+            }
+        };
+        match attention {
+            Attention::FusedCached { cache, lens } => {
+                let qk = qk.split_with_sizes([nh, nkv], 2);
+                kernels::cached_attention(&qk[0], &qk[1], &v, cos, sin, &mut cache.k[i], &mut cache.v[i], lens)
+            }
+            Attention::Causal => {
+                let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
+                let (q, k) = (&qk[0], &qk[1]);
+                if kernels::applies(q) && kernels::causal_attention_fits(hd) {
+                    kernels::causal_attention(q, k, &v)
+                } else {
+                    let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+                    let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh);
+                    out.transpose(1, 2).reshape([b * t, nh * hd])
+                }
+            }
+            Attention::Cached { cache, write_index, bias, kv_len } => {
+                let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
+                let (q, k) = (&qk[0], &qk[1]);
+                let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
+                let _ = ck.scatter_(2, write_index, &k.transpose(1, 2));
+                let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
+                let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
+                grouped_attention(q, &keys, &values, bias, nkv)
+            }
+        }
     }
 
     /// The packed weights, when a product with `x` needs no gradient and packing pays and applies.
