@@ -2,12 +2,14 @@
 
 libtorch exports MKL's cblas_sgemm_pack / cblas_sgemm_compute. This probe packs (random) weights
 of a model's shapes once and times one decode step's matmuls both ways at batch 1, 16 and 64, and
-prints the packed buffers' size (MKL pads them; the cost is memory).
+prints the packed buffers' size and what they add to resident memory.
 
   python bench/packed_gemm_probe.py --model target/bench/small
 
-Measured 2026-11-29 on the 2-core VM: batch 16 +15-30 %, batch 64 +25 % on the bare matmuls, for
-386 MB of packed buffers against 101 MB of weights. A buffer packed once works for any row count.
+Measured 2026-11-29 on the 2-core VM: batch 1 +0-5 %, 4 +15 %, 16 +15-30 %, 64 +23 %, 2048 -1 % on
+the bare matmuls. MKL asks for 386 MB of buffers for 101 MB of weights but writes only ~97 MB of
+them; the rest is never paged in. A buffer packed once works for any row count. The decoder now
+packs (policies/src/model.rs).
 """
 import argparse
 import ctypes
@@ -20,6 +22,11 @@ from gemm_floor import linear_shapes  # same folder
 from peer import median_time
 
 ROW_MAJOR, NO_TRANS, B_MATRIX, PACKED = 101, 111, 162, 151
+
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
 
 
 def main():
@@ -37,13 +44,15 @@ def main():
     cfg = json.load(open(f"{args.model}/config.json"))
     shapes = linear_shapes(cfg)[0] * cfg["num_hidden_layers"]
     weights = [torch.randn(k, n) for k, n in shapes]
+    before = rss_mb()
     packs = []
     for w in weights:
         k, n = w.shape
         buf = torch.empty(lib.cblas_sgemm_pack_get_size(B_MATRIX, 64, n, k) // 4 + 16)
         lib.cblas_sgemm_pack(ROW_MAJOR, B_MATRIX, NO_TRANS, 64, n, k, 1.0, w.data_ptr(), n, buf.data_ptr())
         packs.append(buf)
-    print(f"packed {sum(p.numel() * 4 for p in packs) / 1e6:.0f} MB, weights {sum(w.numel() * 4 for w in weights) / 1e6:.0f} MB")
+    print(f"packed buffers {sum(p.numel() * 4 for p in packs) / 1e6:.0f} MB (resident: +{rss_mb() - before:.0f} MB), "
+          f"weights {sum(w.numel() * 4 for w in weights) / 1e6:.0f} MB")
     for m in (1, 16, 64):
         xs = {k: torch.randn(m, k) for k, _ in shapes}
         outs = {n: torch.empty(m, n) for _, n in shapes}

@@ -362,7 +362,8 @@ impl Model {
 
     /// The packed weights, when a product with `x` needs no gradient and packing pays and applies.
     fn packed_for(&self, x: &Tensor) -> Option<&PackedWeights> {
-        if !self.weights_fixed || x.size()[0] > PACKED_MAX_ROWS || x.requires_grad() || !kernels::packing_applies(&self.lm_head) {
+        let needs_grad = x.requires_grad() && kernels::grad_enabled();
+        if !self.weights_fixed || x.size()[0] > PACKED_MAX_ROWS || needs_grad || !kernels::packing_applies(&self.lm_head) {
             return None;
         }
         Some(self.packed.get_or_init(|| {

@@ -190,6 +190,33 @@ fn linear_lora_matches_eager_values_and_gradients() {
     }
 }
 
+/// The sampling-time adapter update against the two matmuls it replaces, with and without a
+/// per-row adapter mask (rows of 3 tokens) and with a strided x.
+#[test]
+fn lora_add_matches_matmuls() {
+    tch::manual_seed(4);
+    let _g = tch::no_grad_guard();
+    let (rows, tokens, k, n, rank) = (4, 3, 40, 72, 5);
+    let wide = Tensor::randn([rows * tokens, k + 8], (Kind::Float, tch::Device::Cpu));
+    let x = wide.narrow(1, 3, k);
+    let a_t = Tensor::randn([k, rank], (Kind::Float, tch::Device::Cpu));
+    let b_t = Tensor::randn([rank, n], (Kind::Float, tch::Device::Cpu));
+    let y0 = Tensor::randn([rows * tokens, n], (Kind::Float, tch::Device::Cpu));
+    let mask = Tensor::from_slice(&[1f32, 1., 0., 0., 0., 0., 0., 1., 1., 1., 0., 0., 0., 0., 0., 1., 0., 1., 0., 1.]).view([rows, rank]);
+    for m in [None, Some(&mask)] {
+        let mut got = y0.copy();
+        kernels::lora_add_(&mut got, &x, &a_t, &b_t, m);
+        let xa = x.mm(&a_t);
+        let xa = match m {
+            Some(m) => (xa.view([rows, tokens, rank]) * m.unsqueeze(1)).view([-1, rank]),
+            None => xa,
+        };
+        let want = &y0 + xa.mm(&b_t);
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "mask {}: differs by {d}", m.is_some());
+    }
+}
+
 /// Pre-packed weights give the product plain `mm` gives: any row count, with no initial value,
 /// a residual [M, N] or a bias [N], and a strided left operand.
 #[test]
