@@ -5,11 +5,13 @@ fn main() {
     compile_kernels();
 }
 
-/// Build the fused CPU kernels (csrc/kernels.cpp) against the libtorch that torch-sys found, with
+/// The C++ files in csrc/ (each includes csrc/common.h).
+const KERNEL_SOURCES: [&str; 5] = ["pointwise", "attention", "lora", "packed", "trace"];
+
+/// Build the fused CPU kernels (csrc/*.cpp) against the libtorch that torch-sys found, with
 /// the same C++ ABI flags torch-sys uses for its own wrapper.
 fn compile_kernels() {
-    println!("cargo:rerun-if-changed=csrc/kernels.cpp");
-    println!("cargo:rerun-if-changed=csrc/trace.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report its libtorch lib directory");
     let root = std::path::Path::new(&lib).parent().expect("libtorch lib directory has a parent").to_path_buf();
@@ -30,8 +32,7 @@ fn compile_kernels() {
         .flag("-fno-trapping-math")
         // 64-byte vector arguments of inlined helpers: GCC notes an ABI change from 2011.
         .flag("-Wno-psabi")
-        .file("csrc/kernels.cpp")
-        .file("csrc/trace.cpp")
+        .files(KERNEL_SOURCES.iter().map(|name| format!("csrc/{name}.cpp")))
         .compile("noregret_kernels");
     link_openmp(std::path::Path::new(&lib));
 }

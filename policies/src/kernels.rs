@@ -1,8 +1,10 @@
-//! Fused float32 CPU kernels (csrc/kernels.cpp): RMSNorm, rotary embedding and SwiGLU with
-//! their backward passes, and cached attention for sampling. The decoder uses them whenever its
-//! activations are float32 on the CPU; elsewhere (CUDA, bf16/f16) it runs the same maths as
-//! eager ops. `NOREGRET_FUSED=0` turns them off (for A/B measurements); tests can switch them per
-//! thread with [`with_fused`].
+//! Fused float32 CPU kernels (csrc/*.cpp, shared helpers in csrc/common.h): RMSNorm, rotary
+//! embedding and SwiGLU with their backward passes; causal attention (training, scoring) with its
+//! backward, optionally with the rotation folded in; the learner's linear layer + adapter update;
+//! the adapter update for sampling; attention over the KV cache for sampling. The decoder uses
+//! them whenever its activations are float32 on the CPU; elsewhere (CUDA, bf16/f16) it runs the
+//! same maths as eager ops. `NOREGRET_FUSED=0` turns them off (for A/B measurements); tests can
+//! switch them per thread with [`with_fused`].
 //!
 //! Also here: weights pre-packed by MKL for matmuls that need no gradient ([`PackedWeight`]),
 //! where the libtorch build has MKL. `NOREGRET_PACKED=0` turns those off.

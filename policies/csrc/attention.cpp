@@ -1,0 +1,490 @@
+// Attention kernels: over the KV cache for sampling (rotate q and k, append k and v, attend),
+// and causal attention over fresh sequences for training and scoring, forward and backward,
+// optionally with the rotary embedding folded in.
+
+#include "common.h"
+
+namespace nr {
+namespace {
+
+// ---- Cached attention for sampling: rotate q and k, append k and v to the cache, attend ----
+// Row b's new token t sits at position lens[b] + t and sees cache positions 0..=that. The query
+// heads sharing a kv head are handled by one task, so each key and value is read once per row.
+
+struct CachedAttentionArgs {
+  const float *q, *k, *v, *cos, *ssin;
+  int64_t q_strides[3], k_strides[3], v_strides[3];
+  float *k_cache, *v_cache, *out;
+  const int64_t* lens;
+  int64_t t_len, heads, kv_heads, hd, capacity;
+};
+
+// One query against `visible` cached keys: scores, softmax, weighted sum of values into `out`.
+// HD is the head size when known at compile time (then the output accumulates in registers),
+// 0 for any other size. Keys are taken four at a time so their dot products run side by side.
+template <int64_t HD>
+NR_INLINE void attend(const float* query, const float* keys, const float* values, int64_t visible, int64_t hd_any,
+                   float* scores, float* out) {
+  const int64_t hd = HD > 0 ? HD : hd_any;
+  float top = -INFINITY;
+  int64_t j = 0;
+  for (; j + 4 <= visible; j += 4) {
+    const float *k0 = keys + j * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int64_t e = 0; e < hd; ++e) {
+      d0 += query[e] * k0[e];
+      d1 += query[e] * k1[e];
+      d2 += query[e] * k2[e];
+      d3 += query[e] * k3[e];
+    }
+    scores[j] = d0, scores[j + 1] = d1, scores[j + 2] = d2, scores[j + 3] = d3;
+    top = std::max(top, std::max(std::max(d0, d1), std::max(d2, d3)));
+  }
+  for (; j < visible; ++j) {
+    const float* kj = keys + j * hd;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t e = 0; e < hd; ++e) dot += query[e] * kj[e];
+    scores[j] = dot;
+    top = std::max(top, dot);
+  }
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < visible; ++i) {
+    scores[i] = exp_approx(scores[i] - top);
+    total += scores[i];
+  }
+  const float inv = 1.0f / total;
+  float acc[HD > 0 ? HD : 1];
+  float* o = HD > 0 ? acc : out;
+  std::fill(o, o + hd, 0.0f);
+  for (int64_t i = 0; i < visible; ++i) {
+    const float p = scores[i] * inv;
+    const float* vi = values + i * hd;
+#pragma omp simd
+    for (int64_t e = 0; e < hd; ++e) o[e] += p * vi[e];
+  }
+  if (HD > 0) std::memcpy(out, acc, hd * sizeof(float));
+}
+
+NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begin, int64_t end) {
+  const int64_t hd = a.hd, group = a.heads / a.kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> scores(a.capacity), query(hd);
+  for (int64_t task = begin; task < end; ++task) {  // task = b·kv_heads + kv head
+    const int64_t b = task / a.kv_heads, h = task % a.kv_heads, start = a.lens[b];
+    float* keys = a.k_cache + task * a.capacity * hd;
+    float* values = a.v_cache + task * a.capacity * hd;
+    for (int64_t t = 0; t < a.t_len; ++t) {
+      const int64_t row = b * a.t_len + t;
+      const float* k = a.k + b * a.k_strides[0] + t * a.k_strides[1] + h * a.k_strides[2];
+      const float* v = a.v + b * a.v_strides[0] + t * a.v_strides[1] + h * a.v_strides[2];
+      const float* sine = a.ssin + row * hd;
+      rotate_into(k, a.cos + row * hd, sine, sine + hd / 2, 1.0f, keys + (start + t) * hd, hd);
+      std::memcpy(values + (start + t) * hd, v, hd * sizeof(float));
+    }
+    for (int64_t t = 0; t < a.t_len; ++t) {
+      const int64_t row = b * a.t_len + t, visible = start + t + 1;
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t head = h * group + g;
+        const float* q = a.q + b * a.q_strides[0] + t * a.q_strides[1] + head * a.q_strides[2];
+        const float* sine = a.ssin + row * hd;
+        rotate_into(q, a.cos + row * hd, sine, sine + hd / 2, scale, query.data(), hd);
+        float* o = a.out + (row * a.heads + head) * hd;
+        switch (hd) {
+          case 64: attend<64>(query.data(), keys, values, visible, hd, scores.data(), o); break;
+          case 128: attend<128>(query.data(), keys, values, visible, hd, scores.data(), o); break;
+          default: attend<0>(query.data(), keys, values, visible, hd, scores.data(), o);
+        }
+      }
+    }
+  }
+}
+
+// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis);
+// cos, signed_sin [B·T, hd]; caches [B, kv_heads, capacity, hd]; lens [B] int64.
+// Returns [B·T, heads·hd].
+at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                            const at::Tensor& cos, const at::Tensor& ssin, at::Tensor& k_cache, at::Tensor& v_cache,
+                            const at::Tensor& lens_in) {
+  at::NoGradGuard no_grad;
+  const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
+  const at::Tensor lens = lens_in.to(at::kLong).contiguous();
+  const int64_t bsz = q.size(0), t_len = q.size(1), heads = q.size(2), hd = q.size(3);
+  const int64_t kv_heads = k.size(2), capacity = k_cache.size(2);
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0 && k.sizes() == v.sizes() && k.size(0) == bsz &&
+                  k.size(1) == t_len && k.size(3) == hd,
+              "cached_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.size(0) == bsz && k_cache.size(1) == kv_heads && k_cache.size(3) == hd,
+              "cached_attention: cache ", k_cache.sizes(), " does not fit ", k.sizes());
+  TORCH_CHECK(lens.numel() == bsz && cos.is_contiguous() && ssin.is_contiguous() && cos.size(0) == bsz * t_len &&
+                  cos.size(1) == hd,
+              "cached_attention: lens or rope tables do not fit");
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < bsz; ++b) {
+    TORCH_CHECK(lp[b] >= 0 && lp[b] + t_len <= capacity, "cached_attention: row ", b, " at ", lp[b], " + ", t_len,
+                " overflows the cache's ", capacity, " positions");
+  }
+  at::Tensor out = at::empty({bsz * t_len, heads * hd}, q.options());
+  CachedAttentionArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), cos.data_ptr<float>(),
+                        ssin.data_ptr<float>(), {q.stride(0), q.stride(1), q.stride(2)},
+                        {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
+                        k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), out.data_ptr<float>(), lp, t_len,
+                        heads, kv_heads, hd, capacity};
+  at::parallel_for(0, bsz * kv_heads, 1, [&](int64_t b, int64_t e) { cached_attention_tasks(a, b, e); });
+  return out;
+}
+
+// ---- Causal attention over fresh sequences (training, scoring), forward and backward ----
+// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis) give
+// out [B·T, heads·hd], the layout the output projection takes, plus each query's log-sum-exp,
+// which is all the backward pass keeps (it recomputes the probabilities, as FlashAttention does).
+// One task per (batch row, kv head) takes every query head of that group, so the backward pass
+// adds into its key and value gradients without locks. Scores for a block of 16 queries × 16
+// keys accumulate in registers over the head dimension, from keys transposed once per task.
+
+constexpr int64_t kBlock = 16;  // query rows per block, and keys per score vector
+int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// s[r·ld + j] = Σ_e a[r][e]·xt[e·ldt + j] for the block's rows r and keys j < npad (a multiple
+// of 16). All kBlock row pointers must be valid (callers repeat the last row).
+template <int64_t HD>
+NR_INLINE void block_scores(const float* const* a, int64_t rows, const float* xt, int64_t ldt, int64_t npad,
+                            float* s, int64_t ld) {
+  for (int64_t j = 0; j < npad; j += 16) {
+    v16 acc[kBlock];
+#pragma GCC unroll 16
+    for (int r = 0; r < kBlock; ++r) acc[r] = v16{};
+    for (int64_t e = 0; e < HD; ++e) {
+      const v16 x = load16(xt + e * ldt + j);
+#pragma GCC unroll 16
+      for (int r = 0; r < kBlock; ++r) acc[r] += x * a[r][e];
+    }
+    for (int64_t r = 0; r < rows; ++r) store16(s + r * ld + j, acc[r]);
+  }
+}
+
+// out = scale · Σ_{j < n} p[j]·y_j for rows y_j = y + j·stride.
+template <int64_t HD>
+NR_INLINE void weighted_rows(const float* p, int64_t n, const float* y, int64_t stride, float scale, float* out) {
+  v16 acc[HD / 16];
+  for (int64_t c = 0; c < HD / 16; ++c) acc[c] = v16{};
+  for (int64_t j = 0; j < n; ++j) {
+    const float w = p[j];
+    const float* yj = y + j * stride;
+#pragma GCC unroll 8
+    for (int64_t c = 0; c < HD / 16; ++c) acc[c] += load16(yj + 16 * c) * w;
+  }
+  for (int64_t c = 0; c < HD / 16; ++c) store16(out + 16 * c, acc[c] * scale);
+}
+
+struct CausalArgs {
+  const float *q, *k, *v;
+  int64_t qs[3], ks[3], vs[3];  // strides of batch, position, head (elements)
+  const float *cos, *ssin;      // rotary tables [B·T, hd] for q and k, or null: already rotated
+  int64_t t_len, heads, kv_heads;
+  float scale;
+};
+
+// Where the backward pass writes dq, dk, dv (separate tensors, or slices of one d(qkv)).
+struct CausalGrads {
+  float *dq, *dk, *dv;
+  int64_t qs[3], ks[3], vs[3];
+};
+
+// Row `pos` of batch row b, rotated when the args carry tables (inverse rotation: transpose).
+template <int64_t HD>
+NR_INLINE void load_row(const CausalArgs& a, const float* x, int64_t b, int64_t pos, bool transpose, float* out) {
+  if (!a.cos) {
+    std::memcpy(out, x, HD * sizeof(float));
+    return;
+  }
+  const int64_t row = b * a.t_len + pos;
+  const float* s = a.ssin + row * HD;
+  rotate_into(x, a.cos + row * HD, transpose ? s + HD / 2 : s, transpose ? s : s + HD / 2, 1.0f, out, HD);
+}
+
+// Rows x_j = x + j·stride, transposed into xt [HD, ldt], zero-padded.
+template <int64_t HD>
+NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* xt, int64_t ldt) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(x + (j + 4) * stride + c);
+    const float* row = x + j * stride;
+    for (int64_t e = 0; e < HD; ++e) xt[e * ldt + j] = row[e];
+  }
+  for (int64_t e = 0; e < HD; ++e) std::fill(xt + e * ldt + n, xt + (e + 1) * ldt, 0.0f);
+}
+
+// One task's keys (rotated) into kr [T, HD] and transposed into kt [HD, ldt], zero-padded.
+template <int64_t HD>
+NR_INLINE void task_keys(const CausalArgs& a, int64_t b, int64_t h, float* kr, float* kt, int64_t ldt) {
+  const float* k = a.k + b * a.ks[0] + h * a.ks[2];
+  for (int64_t j = 0; j < a.t_len; ++j) {
+    // Rows lie a page or so apart in the fused qkv buffer (prefetch also in transpose_rows).
+    for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(k + (j + 4) * a.ks[1] + c);
+    load_row<HD>(a, k + j * a.ks[1], b, j, false, kr + j * HD);
+  }
+  transpose_rows<HD>(kr, HD, a.t_len, kt, ldt);
+}
+
+// The block's query rows (rotated) into qb [kBlock, HD]; rows past the end repeat the last.
+template <int64_t HD>
+NR_INLINE void block_queries(const CausalArgs& a, int64_t b, int64_t head, int64_t i0, int64_t rows, float* qb,
+                             const float** qr) {
+  for (int64_t r = 0; r < kBlock; ++r) {
+    if (r < rows) {
+      load_row<HD>(a, a.q + b * a.qs[0] + (i0 + r) * a.qs[1] + head * a.qs[2], b, i0 + r, false, qb + r * HD);
+    }
+    qr[r] = qb + std::min(r, rows - 1) * HD;
+  }
+}
+
+template <int64_t HD>
+NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64_t begin, int64_t end) {
+  const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads;
+  std::vector<float> kr(T * HD), kt(HD * ldt), s(kBlock * ldt), qb(kBlock * HD);
+  const float* qr[kBlock];
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / a.kv_heads, h = task % a.kv_heads;
+    const float* v = a.v + b * a.vs[0] + h * a.vs[2];
+    task_keys<HD>(a, b, h, kr.data(), kt.data(), ldt);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t head = h * group + g;
+      for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
+        block_queries<HD>(a, b, head, i0, rows, qb.data(), qr);
+        block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), s.data(), ldt);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r, visible = i + 1;
+          float* p = s.data() + r * ldt;
+          const float top = max_of(p, visible) * a.scale;
+          float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+          for (int64_t j = 0; j < visible; ++j) {
+            p[j] = exp_approx(p[j] * a.scale - top);
+            total += p[j];
+          }
+          lse[(b * a.heads + head) * T + i] = top + std::log(total);
+          weighted_rows<HD>(p, visible, v, a.vs[1], 1.0f / total, out + ((b * T + i) * a.heads + head) * HD);
+        }
+      }
+    }
+  }
+}
+
+template <int64_t HD>
+NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const float* lse, const float* dout,
+                               const CausalGrads& d, int64_t begin, int64_t end) {
+  const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads, H = a.heads, KV = a.kv_heads;
+  std::vector<float> kr(T * HD), kt(HD * ldt), vt(HD * ldt), p(kBlock * ldt), dp(kBlock * ldt), qb(kBlock * HD),
+      dk_acc(T * HD), dv_acc(T * HD), row(HD);
+  const float *qr[kBlock], *dor[kBlock];
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / KV, h = task % KV;
+    const float* v = a.v + b * a.vs[0] + h * a.vs[2];
+    task_keys<HD>(a, b, h, kr.data(), kt.data(), ldt);
+    transpose_rows<HD>(v, a.vs[1], T, vt.data(), ldt);
+    std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
+    std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t head = h * group + g;
+      for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
+        block_queries<HD>(a, b, head, i0, rows, qb.data(), qr);
+        for (int64_t r = 0; r < kBlock; ++r) dor[r] = dout + ((b * T + i0 + std::min(r, rows - 1)) * H + head) * HD;
+        block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), p.data(), ldt);
+        block_scores<HD>(dor, rows, vt.data(), ldt, round_up16(n), dp.data(), ldt);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r, visible = i + 1;
+          const float dsum = dot<HD>(dor[r], out + ((b * T + i) * H + head) * HD);
+          const float l = lse[(b * H + head) * T + i];
+          float* pr = p.data() + r * ldt;
+          float* dsr = dp.data() + r * ldt;  // dP becomes dS in place
+#pragma omp simd
+          for (int64_t j = 0; j < visible; ++j) {
+            pr[j] = exp_approx(pr[j] * a.scale - l);
+            dsr[j] = pr[j] * (dsr[j] - dsum);
+          }
+          std::fill(pr + visible, pr + n, 0.0f);
+          std::fill(dsr + visible, dsr + n, 0.0f);
+          // dq in rotated space, then back through the rotation into its place.
+          weighted_rows<HD>(dsr, visible, kr.data(), HD, a.scale, row.data());
+          load_row<HD>(a, row.data(), b, i, true, d.dq + b * d.qs[0] + i * d.qs[1] + head * d.qs[2]);
+        }
+        // Keys and values gain from every row of the block that sees them (the rest are 0).
+        for (int64_t j = 0; j < n; ++j) {
+          v16 gk[HD / 16], gv[HD / 16];
+          for (int64_t c = 0; c < HD / 16; ++c) gk[c] = gv[c] = v16{};
+          for (int64_t r = std::max<int64_t>(0, j - i0); r < rows; ++r) {
+            const float pw = p[r * ldt + j], sw = dp[r * ldt + j];
+#pragma GCC unroll 8
+            for (int64_t c = 0; c < HD / 16; ++c) {
+              gv[c] += load16(dor[r] + 16 * c) * pw;
+              gk[c] += load16(qr[r] + 16 * c) * sw;
+            }
+          }
+          for (int64_t c = 0; c < HD / 16; ++c) {
+            store16(dv_acc.data() + j * HD + 16 * c, load16(dv_acc.data() + j * HD + 16 * c) + gv[c]);
+            store16(dk_acc.data() + j * HD + 16 * c, load16(dk_acc.data() + j * HD + 16 * c) + gk[c] * a.scale);
+          }
+        }
+      }
+    }
+    for (int64_t j = 0; j < T; ++j) {
+      load_row<HD>(a, dk_acc.data() + j * HD, b, j, true, d.dk + b * d.ks[0] + j * d.ks[1] + h * d.ks[2]);
+      std::memcpy(d.dv + b * d.vs[0] + j * d.vs[1] + h * d.vs[2], dv_acc.data() + j * HD, HD * sizeof(float));
+    }
+  }
+}
+
+NR_CLONES void causal_forward_tasks(const CausalArgs& a, int64_t hd, float* out, float* lse, int64_t begin,
+                                    int64_t end) {
+  switch (hd) {
+    case 32: causal_forward<32>(a, out, lse, begin, end); break;
+    case 64: causal_forward<64>(a, out, lse, begin, end); break;
+    default: causal_forward<128>(a, out, lse, begin, end);
+  }
+}
+
+NR_CLONES void causal_backward_tasks(const CausalArgs& a, int64_t hd, const float* out, const float* lse,
+                                     const float* dout, const CausalGrads& d, int64_t begin, int64_t end) {
+  switch (hd) {
+    case 32: causal_backward<32>(a, out, lse, dout, d, begin, end); break;
+    case 64: causal_backward<64>(a, out, lse, dout, d, begin, end); break;
+    default: causal_backward<128>(a, out, lse, dout, d, begin, end);
+  }
+}
+
+void strides3(const at::Tensor& t, int64_t* out) {
+  for (int i = 0; i < 3; ++i) out[i] = t.stride(i);
+}
+
+// q, k, v: views [B, T, heads or kv_heads, hd]; cos and ssin undefined when q and k are rotated.
+CausalArgs causal_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                       const at::Tensor& ssin) {
+  const int64_t hd = q.size(3);
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
+                  k.size(1) == q.size(1) && k.size(3) == hd && k.size(2) > 0 && q.size(2) % k.size(2) == 0 &&
+                  (hd == 32 || hd == 64 || hd == 128) && q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "causal_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(!cos.defined() || (cos.is_contiguous() && ssin.is_contiguous() && ssin.sizes() == cos.sizes() &&
+                                 cos.size(0) == q.size(0) * q.size(1) && cos.size(1) == hd),
+              "causal_attention: rotary tables ", cos.sizes(), " do not fit ", q.sizes());
+  CausalArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), {}, {}, {},
+               cos.defined() ? cos.data_ptr<float>() : nullptr, cos.defined() ? ssin.data_ptr<float>() : nullptr,
+               q.size(1), q.size(2), k.size(2), 1.0f / std::sqrt(static_cast<float>(hd))};
+  strides3(q, a.qs);
+  strides3(k, a.ks);
+  strides3(v, a.vs);
+  return a;
+}
+
+std::vector<at::Tensor> split_qkv(const at::Tensor& qkv, int64_t heads, int64_t kv_heads) {
+  return {qkv.narrow(2, 0, heads), qkv.narrow(2, heads, kv_heads), qkv.narrow(2, heads + kv_heads, kv_heads)};
+}
+
+at::Tensor causal_attention_forward(const CausalArgs& a, int64_t bsz, int64_t hd, const at::TensorOptions& options,
+                                    at::Tensor& lse) {
+  at::Tensor out = at::empty({bsz * a.t_len, a.heads * hd}, options);
+  lse = at::empty({bsz, a.heads, a.t_len}, options);
+  float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  at::parallel_for(0, bsz * a.kv_heads, 1, [&](int64_t b, int64_t e) { causal_forward_tasks(a, hd, op, lp, b, e); });
+  return out;
+}
+
+void causal_attention_backward(const CausalArgs& a, int64_t bsz, int64_t hd, const at::Tensor& out,
+                               const at::Tensor& lse, const at::Tensor& dout, const CausalGrads& d) {
+  const float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = dout.data_ptr<float>();
+  at::parallel_for(0, bsz * a.kv_heads, 1,
+                   [&](int64_t b, int64_t e) { causal_backward_tasks(a, hd, op, lp, gp, d, b, e); });
+}
+
+// Attention over q, k, v already rotated (separate tensors).
+struct CausalAttention : public torch::autograd::Function<CausalAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q_in, const at::Tensor& k_in,
+                            const at::Tensor& v_in) {
+    const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
+    at::Tensor lse;
+    const at::Tensor out =
+        causal_attention_forward(causal_args(q, k, v, {}, {}), q.size(0), q.size(3), q.options(), lse);
+    ctx->save_for_backward({q, k, v, out, lse});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
+               dv = at::empty(v.sizes(), v.options());
+    CausalGrads d{dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), {}, {}, {}};
+    strides3(dq, d.qs);
+    strides3(dk, d.ks);
+    strides3(dv, d.vs);
+    causal_attention_backward(causal_args(q, k, v, {}, {}), q.size(0), q.size(3), saved[3], saved[4],
+                              grads[0].contiguous(), d);
+    return {dq, dk, dv};
+  }
+};
+
+// Rotary embedding and attention from the fused projection's output qkv [B, T, heads + 2·kv, hd]
+// (q, k, v heads side by side): the gradient comes back as one d(qkv), with no rotated copies of
+// q and k kept and no concatenation of separate gradients.
+struct RopeCausalAttention : public torch::autograd::Function<RopeCausalAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv_in, int64_t heads, int64_t kv_heads,
+                            const at::Tensor& cos, const at::Tensor& ssin) {
+    const at::Tensor qkv = last_axis_contiguous(qkv_in);
+    TORCH_CHECK(qkv.dim() == 4 && qkv.size(2) == heads + 2 * kv_heads, "rope_causal_attention: qkv ", qkv.sizes(),
+                " for ", heads, " + 2·", kv_heads, " heads");
+    const auto parts = split_qkv(qkv, heads, kv_heads);
+    at::Tensor lse;
+    const at::Tensor out = causal_attention_forward(causal_args(parts[0], parts[1], parts[2], cos, ssin),
+                                                    qkv.size(0), qkv.size(3), qkv.options(), lse);
+    ctx->save_for_backward({qkv, cos, ssin, out, lse});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["kv_heads"] = kv_heads;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& qkv = saved[0];
+    const int64_t heads = ctx->saved_data["heads"].toInt(), kv_heads = ctx->saved_data["kv_heads"].toInt();
+    const auto parts = split_qkv(qkv, heads, kv_heads);
+    at::Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
+    const auto dparts = split_qkv(dqkv, heads, kv_heads);
+    CausalGrads d{dparts[0].data_ptr<float>(), dparts[1].data_ptr<float>(), dparts[2].data_ptr<float>(), {}, {}, {}};
+    strides3(dparts[0], d.qs);
+    strides3(dparts[1], d.ks);
+    strides3(dparts[2], d.vs);
+    causal_attention_backward(causal_args(parts[0], parts[1], parts[2], saved[1], saved[2]), qkv.size(0),
+                              qkv.size(3), saved[3], saved[4], grads[0].contiguous(), d);
+    return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+}  // namespace nr
+
+using namespace nr;
+
+extern "C" {
+
+at::Tensor* nr_cached_attention(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const at::Tensor* cos,
+                                const at::Tensor* signed_sin, at::Tensor* k_cache, at::Tensor* v_cache,
+                                const at::Tensor* lens) {
+  RECORD_FUNCTION("noregret::cached_attention", std::vector<c10::IValue>());
+  return guarded([&] { return cached_attention(*q, *k, *v, *cos, *signed_sin, *k_cache, *v_cache, *lens); });
+}
+
+at::Tensor* nr_causal_attention(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v) {
+  RECORD_FUNCTION("noregret::causal_attention", std::vector<c10::IValue>());
+  return guarded([&] { return CausalAttention::apply(*q, *k, *v); });
+}
+
+at::Tensor* nr_rope_causal_attention(const at::Tensor* qkv, int64_t heads, int64_t kv_heads, const at::Tensor* cos,
+                                     const at::Tensor* signed_sin) {
+  RECORD_FUNCTION("noregret::rope_causal_attention", std::vector<c10::IValue>());
+  return guarded([&] { return RopeCausalAttention::apply(*qkv, heads, kv_heads, *cos, *signed_sin); });
+}
+
+}  // extern "C"

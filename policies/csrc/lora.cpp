@@ -1,0 +1,217 @@
+// An adapter's low-rank update fused with what surrounds it: the learner's frozen linear layer
+// plus update as one autograd op, and the update alone for sampling.
+
+#include "common.h"
+
+namespace nr {
+namespace {
+
+// ---- A frozen linear layer with a trainable low-rank update, for the learner ----
+// y = init + x·w + (x·a_t)·b_t, with w [K, N] frozen, a_t [K, R] and b_t [R, N] (α/r folded in)
+// trainable, init a residual [M, N], a bias [N] or absent. As separate autograd ops the update's
+// backward reads dy twice (for d(x·a_t) and d b_t), writes its share of dx to a fresh tensor and
+// adds it to the base's dx in another pass. Here dy is read once, and the update's dx is added
+// into the base's dx row by row while x is read for d a_t.
+
+// Σ_j d[j]·b[j], and g[j] += w·d[j] on the way, over n floats: one read of d for both. Four
+// accumulators, so the sum is not one FMA latency chain.
+NR_INLINE float dot_and_axpy(const float* d, const float* b, float* g, float w, int64_t n) {
+  v16 a0 = v16{}, a1 = v16{}, a2 = v16{}, a3 = v16{};
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    const v16 d0 = load16(d + j), d1 = load16(d + j + 16), d2 = load16(d + j + 32), d3 = load16(d + j + 48);
+    a0 += d0 * load16(b + j);
+    a1 += d1 * load16(b + j + 16);
+    a2 += d2 * load16(b + j + 32);
+    a3 += d3 * load16(b + j + 48);
+    store16(g + j, load16(g + j) + d0 * w);
+    store16(g + j + 16, load16(g + j + 16) + d1 * w);
+    store16(g + j + 32, load16(g + j + 32) + d2 * w);
+    store16(g + j + 48, load16(g + j + 48) + d3 * w);
+  }
+  float acc = horizontal_sum((a0 + a1) + (a2 + a3));
+  for (; j < n; ++j) {
+    acc += d[j] * b[j];
+    g[j] += w * d[j];
+  }
+  return acc;
+}
+
+// Rows [begin, end): gxa[m] = dy[m]·b_tᵀ and gb += xa[m]ᵀ·dy[m] (gb [R, N] is this task's own).
+NR_CLONES void lora_dy_rows(const float* dy, const float* xa, const float* b_t, float* gxa, float* gb, int64_t n,
+                            int64_t rank, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    for (int64_t r = 0; r < rank; ++r) {
+      gxa[m * rank + r] = dot_and_axpy(dy + m * n, b_t + r * n, gb + r * n, xa[m * rank + r], n);
+    }
+  }
+}
+
+// Rows [begin, end): dx[m] += gxa[m]·a (a = a_tᵀ, [R, K]) when dx is given, and ga += gxa[m]ᵀ·x[m]
+// (ga [R, K] is this task's own).
+NR_CLONES void lora_x_rows(const float* x, const float* gxa, const float* a, float* dx, float* ga, int64_t k,
+                           int64_t rank, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float* xm = x + m * k;
+    for (int64_t r = 0; r < rank; ++r) {
+      const float g = gxa[m * rank + r];
+      const float* ar = a + r * k;
+      float* gar = ga + r * k;
+      if (dx) {
+        float* dxm = dx + m * k;
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) {
+          dxm[j] += g * ar[j];
+          gar[j] += g * xm[j];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) gar[j] += g * xm[j];
+      }
+    }
+  }
+}
+
+// Run `rows_fn(begin, end, partial)` over rows in parallel, each task accumulating into its own
+// zeroed [size] partial; returns the partials' sum.
+template <typename F>
+at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const at::TensorOptions& options,
+                               const F& rows_fn) {
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + grain - 1) / grain));
+  at::Tensor partials = at::zeros({tasks, size}, options);
+  float* pp = partials.data_ptr<float>();
+  const int64_t per_task = (rows + tasks - 1) / tasks;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      rows_fn(t * per_task, std::min(rows, (t + 1) * per_task), pp + t * size);
+    }
+  });
+  return partials.sum(0);
+}
+
+struct LinearLora : public torch::autograd::Function<LinearLora> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w,
+                            const at::Tensor& init, const at::Tensor& a_t, const at::Tensor& b_t) {
+    const at::Tensor x = x_in.contiguous();
+    const bool has_init = init.numel() > 0;  // empty: none (autograd inputs cannot be undefined)
+    at::Tensor y = has_init ? at::addmm(init, x, w) : at::mm(x, w);
+    const at::Tensor xa = at::mm(x, a_t);
+    y.addmm_(xa, b_t);
+    ctx->save_for_backward({x, w, a_t, b_t, xa});
+    ctx->saved_data["init_is_bias"] = has_init && init.dim() == 1;
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &a_t = saved[2], &b_t = saved[3], &xa = saved[4];
+    const at::Tensor dy = grads[0].contiguous();
+    const int64_t m = x.size(0), k = x.size(1), n = dy.size(1), rank = a_t.size(1);
+    const at::Tensor b_c = b_t.contiguous(), a = a_t.t().contiguous();  // [R, N], [R, K]
+    at::Tensor dx = ctx->needs_input_grad(0) ? at::mm(dy, w.t()) : at::Tensor();
+    at::Tensor gxa = at::empty({m, rank}, dy.options());
+    const float *dyp = dy.data_ptr<float>(), *xap = xa.data_ptr<float>(), *bp = b_c.data_ptr<float>();
+    float* gp = gxa.data_ptr<float>();
+    const int64_t grain = grain_rows(std::max(n, k) * rank);
+    at::Tensor gb = parallel_accumulate(m, grain, rank * n, dy.options(), [&](int64_t b, int64_t e, float* part) {
+      lora_dy_rows(dyp, xap, bp, gp, part, n, rank, b, e);
+    });
+    const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>();
+    float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
+    at::Tensor ga = parallel_accumulate(m, grain, rank * k, dy.options(), [&](int64_t b, int64_t e, float* part) {
+      lora_x_rows(xp, gp, ap, dxp, part, k, rank, b, e);
+    });
+    at::Tensor dinit;
+    if (ctx->needs_input_grad(2)) dinit = ctx->saved_data["init_is_bias"].toBool() ? dy.sum(0) : dy;
+    return {dx, at::Tensor(), dinit, ga.view({rank, k}).t(), gb.view({rank, n})};
+  }
+};
+
+// ---- An adapter's update for sampling (no autograd): y += ((x·a_t) ⊙ mask)·b_t in place ----
+// Two skinny MKL calls per fused group cost more in call overhead than in arithmetic at decode
+// batch sizes; one pass per row does both products while the row is in cache.
+
+constexpr int64_t kMaxSamplingRank = 64;
+
+NR_CLONES void lora_add_rows(const float* x, int64_t ldx, const float* a, const float* b, const float* mask,
+                             int64_t tokens_per_row, float* y, int64_t k, int64_t n, int64_t rank, int64_t begin,
+                             int64_t end) {
+  float xa[kMaxSamplingRank];
+  for (int64_t m = begin; m < end; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t r = 0; r < rank; ++r) {
+      const float* ar = a + r * k;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < k; ++j) acc += xm[j] * ar[j];
+      xa[r] = mask ? acc * mask[(m / tokens_per_row) * rank + r] : acc;
+    }
+    float* ym = y + m * n;
+    for (int64_t r = 0; r < rank; ++r) {
+      const float w = xa[r];
+      const float* br = b + r * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) ym[j] += w * br[j];
+    }
+  }
+}
+
+// y [M, N] contiguous; x [M, K] with a contiguous last axis; a_t [K, R]; b_t [R, N]; mask
+// [rows, R] (M = rows · tokens per row) or undefined.
+void lora_add_(at::Tensor& y, const at::Tensor& x_in, const at::Tensor& a_t, const at::Tensor& b_t,
+               const at::Tensor& mask_in) {
+  at::NoGradGuard no_grad;
+  const at::Tensor x = x_in.stride(-1) == 1 && x_in.dim() == 2 ? x_in : x_in.contiguous().view({-1, x_in.size(-1)});
+  const int64_t m = x.size(0), k = x.size(1), rank = a_t.size(1), n = b_t.size(1);
+  TORCH_CHECK(y.is_contiguous() && y.size(0) == m && y.size(1) == n && a_t.size(0) == k && b_t.size(0) == rank &&
+                  rank <= kMaxSamplingRank,
+              "lora_add_: y ", y.sizes(), " x ", x.sizes(), " a_t ", a_t.sizes(), " b_t ", b_t.sizes());
+  // A as [R, K] for the row dot products; a plain loop, not tensor ops (their dispatch cost more
+  // than this copy at decode sizes).
+  std::vector<float> a(rank * k);
+  const at::Tensor a_c = a_t.contiguous(), b = b_t.contiguous();
+  const float* atp = a_c.data_ptr<float>();
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t r = 0; r < rank; ++r) a[r * k + j] = atp[j * rank + r];
+  const at::Tensor mask =
+      mask_in.defined() && (mask_in.scalar_type() != at::kFloat || !mask_in.is_contiguous())
+          ? mask_in.to(at::kFloat).contiguous()
+          : mask_in;
+  TORCH_CHECK(!mask.defined() || (mask.size(1) == rank && m % mask.size(0) == 0), "lora_add_: mask ", mask.sizes());
+  const int64_t tokens_per_row = mask.defined() ? m / mask.size(0) : 1;
+  const float *xp = x.data_ptr<float>(), *ap = a.data(), *bp = b.data_ptr<float>();
+  const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  at::parallel_for(0, m, grain_rows((k + n) * rank), [&](int64_t bgn, int64_t e) {
+    lora_add_rows(xp, ldx, ap, bp, mp, tokens_per_row, yp, k, n, rank, bgn, e);
+  });
+}
+
+}  // namespace
+}  // namespace nr
+
+using namespace nr;
+
+extern "C" {
+
+// `init` may be null (no initial value).
+at::Tensor* nr_linear_lora(const at::Tensor* x, const at::Tensor* w, const at::Tensor* init, const at::Tensor* a_t,
+                           const at::Tensor* b_t) {
+  RECORD_FUNCTION("noregret::linear_lora", std::vector<c10::IValue>());
+  return guarded([&] { return LinearLora::apply(*x, *w, init ? *init : at::empty({0}, x->options()), *a_t, *b_t); });
+}
+
+// `mask` may be null (every row uses the adapter). Returns false (and sets the error) on failure.
+bool nr_lora_add_(at::Tensor* y, const at::Tensor* x, const at::Tensor* a_t, const at::Tensor* b_t,
+                  const at::Tensor* mask) {
+  RECORD_FUNCTION("noregret::lora_add_", std::vector<c10::IValue>());
+  try {
+    lora_add_(*y, *x, *a_t, *b_t, mask ? *mask : at::Tensor());
+    return true;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  }
+  return false;
+}
+
+}  // extern "C"
