@@ -80,7 +80,8 @@ enum Attention<'a> {
     /// positions with the additive `bias` [B·kv_heads, T·group, kv_len] (0 or -inf).
     Cached { cache: &'a mut KvCache, write_index: Tensor, bias: Tensor, kv_len: i64 },
     /// The same through the fused CPU kernel: row b's new tokens go to positions lens[b]...
-    FusedCached { cache: &'a mut KvCache, lens: Tensor },
+    /// `fresh`: every row is empty (a prefill), so attention is plain causal attention.
+    FusedCached { cache: &'a mut KvCache, lens: Tensor, fresh: bool },
 }
 
 impl Model {
@@ -200,7 +201,8 @@ impl Model {
         let lens = Tensor::from_slice(cache.lens()).to_device(self.device);
         let positions = lens.unsqueeze(1) + Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0); // [B, T]
         if kernels::applies(&self.embed) {
-            let hidden = self.run(tokens, &positions, Attention::FusedCached { cache: &mut *cache, lens }, lora);
+            let fresh = cache.lens().iter().all(|&l| l == 0);
+            let hidden = self.run(tokens, &positions, Attention::FusedCached { cache: &mut *cache, lens, fresh }, lora);
             cache.advance(counts);
             return Ok(hidden);
         }
@@ -333,7 +335,17 @@ impl Model {
             }
         };
         match attention {
-            Attention::FusedCached { cache, lens } => {
+            Attention::FusedCached { cache, fresh: true, .. } if kernels::causal_attention_fits(hd) => {
+                // A prefill is causal attention over the prompts; the per-query cache kernel
+                // below is ~15x slower on a 512-token prompt. Then the rotated keys and the
+                // values go into the cache.
+                let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
+                let out = kernels::causal_attention(&qk[0], &qk[1], &v);
+                cache.k[i].narrow(2, 0, t).copy_(&qk[1].transpose(1, 2));
+                cache.v[i].narrow(2, 0, t).copy_(&v.transpose(1, 2));
+                out
+            }
+            Attention::FusedCached { cache, lens, .. } => {
                 let qk = qk.split_with_sizes([nh, nkv], 2);
                 kernels::cached_attention(&qk[0], &qk[1], &v, cos, sin, &mut cache.k[i], &mut cache.v[i], lens)
             }
