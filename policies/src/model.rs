@@ -2,7 +2,8 @@
 //! computes (same op order, RMSNorm in f32, HF's rotary convention) so log-probs match to 1e-4.
 //!
 //! Speed choices: q|k|v and gate|up are each one fused matmul; activations stay 2-D ([tokens,
-//! features]) except inside attention; LoRA adds two small matmuls per fused group.
+//! features]) except inside attention; LoRA adds a low-rank update per fused group; on the CPU in
+//! float32 the fused kernels of `kernels` do the work (see ARCHITECTURE.md).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -294,9 +295,11 @@ impl Model {
 
         let h = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
         let qkv = project(&h, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV).view([b, t, nh + 2 * nkv, hd]);
-        let fresh_without_qk_norm = matches!(attention, Attention::Causal) && layer.q_norm.is_none();
-        let attn = if fresh_without_qk_norm && kernels::applies(&qkv) && kernels::causal_attention_fits(hd) {
-            // Rotation inside the attention kernel: no rotated copy, one gradient for qkv.
+        // Fresh sequences, no q/k norms: rotation and attention in one kernel.
+        let one_kernel = matches!(attention, Attention::Causal) && layer.q_norm.is_none()
+            && kernels::applies(&qkv) && kernels::causal_attention_fits(hd);
+        let attn = if one_kernel {
+            // No rotated copy of q and k, and one gradient for qkv.
             kernels::rope_causal_attention(&qkv, nh, nkv, cos, sin)
         } else {
             self.attend(i, layer, &qkv, cos, sin, attention)
