@@ -27,18 +27,23 @@ def linear_shapes(cfg):
     return layer, (h, cfg["vocab_size"])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_cli(doc):
+    """The probes' command line (--model DIR, --threads N): sets torch's threads, returns the config."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = json.load(open(f"{args.model}/config.json"))
+    return json.load(open(f"{args.model}/config.json")), args.threads
+
+
+def main():
+    cfg, threads = model_cli(__doc__)
     layer, head = linear_shapes(cfg)
     weights = [torch.randn(k, n) for _ in range(cfg["num_hidden_layers"]) for k, n in layer] + [torch.randn(*head)]
 
     ceiling = max(ceiling_gflops(runs=7).values())
-    print(json.dumps({"bench": "ceiling", "gflops": ceiling, "threads": args.threads}))
+    print(json.dumps({"bench": "ceiling", "gflops": ceiling, "threads": threads}))
 
     # Decode: one step's products at batch M. Learner: forward x·W and input gradient dy·Wᵀ at 16 × 96 rows.
     workloads = [("decode", m, False) for m in (1, 16, 64)] + [("learner step (LoRA: forward + input grads)", 1536, True)]

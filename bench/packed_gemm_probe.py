@@ -11,14 +11,12 @@ the bare matmuls. MKL asks for 386 MB of buffers for 101 MB of weights but write
 them; the rest is never paged in. A buffer packed once works for any row count. The decoder now
 packs (policies/src/model.rs).
 """
-import argparse
 import ctypes
-import json
 import os
 
 import torch
 
-from gemm_floor import linear_shapes  # same folder
+from gemm_floor import linear_shapes, model_cli  # same folder
 from peer import median_time
 
 ROW_MAJOR, NO_TRANS, B_MATRIX, PACKED = 101, 111, 162, 151
@@ -30,18 +28,13 @@ def rss_mb():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    cfg, _ = model_cli(__doc__)
     lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     lib.cblas_sgemm_pack_get_size.restype = ctypes.c_size_t
     lib.cblas_sgemm_pack_get_size.argtypes = [ctypes.c_int] * 4
     lib.cblas_sgemm_pack.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     lib.cblas_sgemm_compute.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                                                             ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-    cfg = json.load(open(f"{args.model}/config.json"))
     shapes = linear_shapes(cfg)[0] * cfg["num_hidden_layers"]
     weights = [torch.randn(k, n) for k, n in shapes]
     before = rss_mb()

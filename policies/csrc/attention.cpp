@@ -206,7 +206,8 @@ NR_INLINE void load_row(const CausalArgs& a, const float* x, int64_t b, int64_t 
   rotate_into(x, a.cos + row * HD, transpose ? s + HD / 2 : s, transpose ? s : s + HD / 2, 1.0f, out, HD);
 }
 
-// Rows x_j = x + j·stride, transposed into xt [HD, ldt], zero-padded.
+// Rows x_j = x + j·stride (values: strided in the qkv buffer, so prefetched), transposed into
+// xt [HD, ldt], zero-padded.
 template <int64_t HD>
 NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* xt, int64_t ldt) {
   for (int64_t j = 0; j < n; ++j) {
@@ -222,7 +223,7 @@ template <int64_t HD>
 NR_INLINE void task_keys(const CausalArgs& a, int64_t b, int64_t h, float* kr, float* kt, int64_t ldt) {
   const float* k = a.k + b * a.ks[0] + h * a.ks[2];
   for (int64_t j = 0; j < a.t_len; ++j) {
-    // Rows lie a page or so apart in the fused qkv buffer (prefetch also in transpose_rows).
+    // Rows lie a page or so apart in the fused qkv buffer: ask for the next ones early.
     for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(k + (j + 4) * a.ks[1] + c);
     load_row<HD>(a, k + j * a.ks[1], b, j, false, kr + j * HD);
   }
@@ -381,6 +382,15 @@ CausalArgs causal_args(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   return a;
 }
 
+// Gradient buffers (views [B, T, heads or kv_heads, hd], contiguous last axis) as CausalGrads.
+CausalGrads causal_grads(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv) {
+  CausalGrads d{dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), {}, {}, {}};
+  strides3(dq, d.qs);
+  strides3(dk, d.ks);
+  strides3(dv, d.vs);
+  return d;
+}
+
 std::vector<at::Tensor> split_qkv(const at::Tensor& qkv, int64_t heads, int64_t kv_heads) {
   return {qkv.narrow(2, 0, heads), qkv.narrow(2, heads, kv_heads), qkv.narrow(2, heads + kv_heads, kv_heads)};
 }
@@ -417,12 +427,8 @@ struct CausalAttention : public torch::autograd::Function<CausalAttention> {
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
                dv = at::empty(v.sizes(), v.options());
-    CausalGrads d{dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), {}, {}, {}};
-    strides3(dq, d.qs);
-    strides3(dk, d.ks);
-    strides3(dv, d.vs);
     causal_attention_backward(causal_args(q, k, v, {}, {}), q.size(0), q.size(3), saved[3], saved[4],
-                              grads[0].contiguous(), d);
+                              grads[0].contiguous(), causal_grads(dq, dk, dv));
     return {dq, dk, dv};
   }
 };
@@ -452,12 +458,9 @@ struct RopeCausalAttention : public torch::autograd::Function<RopeCausalAttentio
     const auto parts = split_qkv(qkv, heads, kv_heads);
     at::Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
     const auto dparts = split_qkv(dqkv, heads, kv_heads);
-    CausalGrads d{dparts[0].data_ptr<float>(), dparts[1].data_ptr<float>(), dparts[2].data_ptr<float>(), {}, {}, {}};
-    strides3(dparts[0], d.qs);
-    strides3(dparts[1], d.ks);
-    strides3(dparts[2], d.vs);
     causal_attention_backward(causal_args(parts[0], parts[1], parts[2], saved[1], saved[2]), qkv.size(0),
-                              qkv.size(3), saved[3], saved[4], grads[0].contiguous(), d);
+                              qkv.size(3), saved[3], saved[4], grads[0].contiguous(),
+                              causal_grads(dparts[0], dparts[1], dparts[2]));
     return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

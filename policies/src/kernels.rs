@@ -31,8 +31,8 @@ extern "C" {
                                 signed_sin: *const C_tensor) -> *mut C_tensor;
     fn nr_linear_lora(x: *const C_tensor, w: *const C_tensor, init: *const C_tensor, a_t: *const C_tensor,
                       b_t: *const C_tensor) -> *mut C_tensor;
-    fn nr_lora_add_(y: *mut C_tensor, x: *const C_tensor, a_t: *const C_tensor, b_t: *const C_tensor,
-                    mask: *const C_tensor) -> bool;
+    fn nr_lora_add(y: *const C_tensor, x: *const C_tensor, a_t: *const C_tensor, b_t: *const C_tensor,
+                   mask: *const C_tensor) -> *mut C_tensor;
     fn nr_grad_enabled() -> bool;
     fn nr_packing_available() -> bool;
     fn nr_pack_weight(w: *const C_tensor) -> *mut C_tensor;
@@ -63,9 +63,12 @@ pub fn applies(x: &Tensor) -> bool {
     x.device() == Device::Cpu && x.kind() == Kind::Float && OVERRIDE.with(Cell::get).unwrap_or_else(enabled_by_env)
 }
 
-/// Whether autograd records on this thread (false inside `tch::no_grad`).
-pub fn grad_enabled() -> bool {
-    unsafe { nr_grad_enabled() }
+/// Whether an op on `inputs` is recorded for backward: autograd is on for this thread (not
+/// inside `tch::no_grad`) and some input requires a gradient. Decides between the training ops
+/// and the sampling paths (packed weights, the one-call adapter update).
+pub fn needs_grad(inputs: &[&Tensor]) -> bool {
+    let recording = unsafe { nr_grad_enabled() };
+    recording && inputs.iter().any(|t| t.requires_grad())
 }
 
 /// Run `f` with the fused kernels switched on or off on this thread (tests and benchmarks).
@@ -113,17 +116,14 @@ pub fn linear_lora(x: &Tensor, w: &Tensor, init: Option<&Tensor>, a_t: &Tensor, 
     wrap(unsafe { nr_linear_lora(x.as_ptr(), w.as_ptr(), init, a_t.as_ptr(), b_t.as_ptr()) }, "linear_lora")
 }
 
-/// Widest adapter update (columns of a group's A) [`lora_add_`] serves.
+/// Widest adapter update (columns of a group's A) [`lora_add`] serves.
 pub const LORA_ADD_MAX_RANK: i64 = 64;
 
-/// `y += ((x·a_t) ⊙ mask)·b_t` in place, without autograd (sampling): y [M, N] contiguous,
-/// x [M, K], a_t [K, R], b_t [R, N], mask [rows, R] with M = rows × tokens per row.
-pub fn lora_add_(y: &mut Tensor, x: &Tensor, a_t: &Tensor, b_t: &Tensor, mask: Option<&Tensor>) {
+/// `y + ((x·a_t) ⊙ mask)·b_t`, added into y's own storage, without autograd (sampling): y [M, N]
+/// contiguous, x [M, K], a_t [K, R], b_t [R, N], mask [rows, R] with M = rows × tokens per row.
+pub fn lora_add(y: Tensor, x: &Tensor, a_t: &Tensor, b_t: &Tensor, mask: Option<&Tensor>) -> Tensor {
     let mask = mask.map_or(std::ptr::null(), |t| t.as_ptr());
-    if !unsafe { nr_lora_add_(y.as_mut_ptr(), x.as_ptr(), a_t.as_ptr(), b_t.as_ptr(), mask) } {
-        let message = unsafe { CStr::from_ptr(nr_last_error()) }.to_string_lossy();
-        panic!("fused lora_add_ kernel failed: {message}");
-    }
+    wrap(unsafe { nr_lora_add(y.as_ptr(), x.as_ptr(), a_t.as_ptr(), b_t.as_ptr(), mask) }, "lora update")
 }
 
 /// Head sizes the causal attention kernel is compiled for.

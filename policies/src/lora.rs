@@ -386,7 +386,7 @@ impl LoraRuntime {
     /// case [`crate::kernels::linear_lora`] serves.
     pub(crate) fn trainable_group(&self, layer: usize, group: usize) -> Option<(&Tensor, &Tensor)> {
         let p = self.layers[layer][group].as_ref()?;
-        (self.masks.is_none() && p.a_t.requires_grad() && crate::kernels::grad_enabled()).then_some((&p.a_t, &p.b_t))
+        (self.masks.is_none() && crate::kernels::needs_grad(&[&p.a_t])).then_some((&p.a_t, &p.b_t))
     }
 
     /// Add the group's low-rank update to `y` (= x·Wᵀ), with x [N, in] and y [N, out], where the
@@ -394,12 +394,10 @@ impl LoraRuntime {
     pub(crate) fn apply(&self, layer: Option<usize>, group: usize, x: &Tensor, y: Tensor, rows: i64) -> Tensor {
         let (packed, mask) = self.group(layer, group);
         let Some(p) = packed else { return y };
-        let no_grad = !crate::kernels::grad_enabled() || !(x.requires_grad() || p.a_t.requires_grad() || y.requires_grad());
-        if no_grad && crate::kernels::applies(x) && p.a_t.size()[1] <= crate::kernels::LORA_ADD_MAX_RANK {
-            // Sampling: both products in one pass per row, one call instead of two.
-            let mut y = y;
-            crate::kernels::lora_add_(&mut y, x, &p.a_t, &p.b_t, mask);
-            return y;
+        let sampling = !crate::kernels::needs_grad(&[x, &p.a_t, &y]);
+        if sampling && crate::kernels::applies(x) && p.a_t.size()[1] <= crate::kernels::LORA_ADD_MAX_RANK {
+            // Both products in one pass per row, one call instead of two.
+            return crate::kernels::lora_add(y, x, &p.a_t, &p.b_t, mask);
         }
         Self::add_update(x.matmul(&p.a_t), p, mask, y, rows)
     }

@@ -56,8 +56,8 @@ pub struct Model {
     lm_head: Tensor,
     rope: Rope,
     /// The projection weights pre-packed for matmuls without gradients (sampling, scoring),
-    /// built on first use.
-    packed: OnceLock<PackedWeights>,
+    /// built on first use; None where packing does not apply (not f32 on the CPU, no MKL).
+    packed: OnceLock<Option<PackedWeights>>,
     /// False once full fine-tuning may change the weights in place (packed copies would go stale).
     weights_fixed: bool,
 }
@@ -377,14 +377,17 @@ impl Model {
 
     /// The packed weights, when a product with `x` needs no gradient and packing pays and applies.
     fn packed_for(&self, x: &Tensor) -> Option<&PackedWeights> {
-        let needs_grad = x.requires_grad() && kernels::grad_enabled();
-        if !self.weights_fixed || x.size()[0] > PACKED_MAX_ROWS || needs_grad || !kernels::packing_applies(&self.lm_head) {
+        if !self.weights_fixed || x.size()[0] > PACKED_MAX_ROWS || kernels::needs_grad(&[x]) {
             return None;
         }
-        Some(self.packed.get_or_init(|| {
-            let layers = self.layers.iter().map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].map(PackedWeight::new)).collect();
-            PackedWeights { layers, lm_head: PackedWeight::new(&self.lm_head) }
-        }))
+        self.packed
+            .get_or_init(|| {
+                kernels::packing_applies(&self.lm_head).then(|| {
+                    let layers = self.layers.iter().map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].map(PackedWeight::new)).collect();
+                    PackedWeights { layers, lm_head: PackedWeight::new(&self.lm_head) }
+                })
+            })
+            .as_ref()
     }
 
     /// Every base weight under its HF name, with fused tensors split back (for export and for
