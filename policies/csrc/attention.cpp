@@ -142,17 +142,17 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
 // out [B·T, heads·hd], the layout the output projection takes, plus each query's log-sum-exp,
 // which is all the backward pass keeps (it recomputes the probabilities, as FlashAttention does).
 // One task per (batch row, kv head) takes every query head of that group, so the backward pass
-// adds into its key and value gradients without locks. Scores for a block of 16 queries × 16
-// keys accumulate in registers over the head dimension, from keys transposed once per task.
+// adds into its key and value gradients without locks. Queries go in blocks of 16 rows, copied
+// (rotated) into a contiguous buffer with the task's keys and values, so every product below is
+// a small register-tiled matrix product over buffers in cache.
 
 constexpr int64_t kBlock = 16;  // query rows per block, and keys per score vector
 int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 
-// s[r·ld + j] = Σ_e a[r][e]·xt[e·ldt + j] for the block's rows r and keys j < npad (a multiple
-// of 16). All kBlock row pointers must be valid (callers repeat the last row).
+// s[r·ld + j] = Σ_e a[r·HD + e]·xt[e·ldt + j] for all kBlock rows r of a and keys j < npad (a
+// multiple of 16): 16 score vectors accumulate in registers over the head dimension.
 template <int64_t HD>
-NR_INLINE void block_scores(const float* const* a, int64_t rows, const float* xt, int64_t ldt, int64_t npad,
-                            float* s, int64_t ld) {
+NR_INLINE void block_scores(const float* a, const float* xt, int64_t ldt, int64_t npad, float* s, int64_t ld) {
   for (int64_t j = 0; j < npad; j += 16) {
     v16 acc[kBlock];
 #pragma GCC unroll 16
@@ -160,24 +160,40 @@ NR_INLINE void block_scores(const float* const* a, int64_t rows, const float* xt
     for (int64_t e = 0; e < HD; ++e) {
       const v16 x = load16(xt + e * ldt + j);
 #pragma GCC unroll 16
-      for (int r = 0; r < kBlock; ++r) acc[r] += x * a[r][e];
+      for (int r = 0; r < kBlock; ++r) acc[r] += x * a[r * HD + e];
     }
-    for (int64_t r = 0; r < rows; ++r) store16(s + r * ld + j, acc[r]);
+#pragma GCC unroll 16
+    for (int r = 0; r < kBlock; ++r) store16(s + r * ld + j, acc[r]);
   }
 }
 
-// out = scale · Σ_{j < n} p[j]·y_j for rows y_j = y + j·stride.
+// Rows of a tile: as many as keep the tile's accumulators in 16 registers.
 template <int64_t HD>
-NR_INLINE void weighted_rows(const float* p, int64_t n, const float* y, int64_t stride, float scale, float* out) {
-  v16 acc[HD / 16];
-  for (int64_t c = 0; c < HD / 16; ++c) acc[c] = v16{};
-  for (int64_t j = 0; j < n; ++j) {
-    const float w = p[j];
-    const float* yj = y + j * stride;
+constexpr int kTile = 256 / HD;
+
+// acc[t] = Σ_{u < n} w[t·wt + u·wu]·y[u·ldy .. +HD] for the tile's rows t: a [kTile × n]·[n × HD]
+// product whose left factor may be read transposed (wt = 1) — P·V and dS·K by query rows, Pᵀ·dO
+// and dSᵀ·Q by key rows.
+template <int64_t HD>
+NR_INLINE void tile_product(const float* w, int64_t wt, int64_t wu, int64_t n, const float* y, int64_t ldy,
+                            v16 (&acc)[kTile<HD>][HD / 16]) {
+  constexpr int R = kTile<HD>, C = HD / 16;
 #pragma GCC unroll 8
-    for (int64_t c = 0; c < HD / 16; ++c) acc[c] += load16(yj + 16 * c) * w;
+  for (int t = 0; t < R; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[t][c] = v16{};
+  for (int64_t u = 0; u < n; ++u) {
+    const float* yu = y + u * ldy;
+    v16 yv[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) yv[c] = load16(yu + 16 * c);
+#pragma GCC unroll 8
+    for (int t = 0; t < R; ++t) {
+      const float wv = w[t * wt + u * wu];
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[t][c] += yv[c] * wv;
+    }
   }
-  for (int64_t c = 0; c < HD / 16; ++c) store16(out + 16 * c, acc[c] * scale);
 }
 
 struct CausalArgs {
@@ -206,69 +222,85 @@ NR_INLINE void load_row(const CausalArgs& a, const float* x, int64_t b, int64_t 
   rotate_into(x, a.cos + row * HD, transpose ? s + HD / 2 : s, transpose ? s : s + HD / 2, 1.0f, out, HD);
 }
 
-// Rows x_j = x + j·stride (values: strided in the qkv buffer, so prefetched), transposed into
-// xt [HD, ldt], zero-padded.
+// Rows x_j = x + j·stride (j < n) transposed into xt [HD, ldt], zero-padded to ldt.
 template <int64_t HD>
 NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* xt, int64_t ldt) {
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(x + (j + 4) * stride + c);
     const float* row = x + j * stride;
     for (int64_t e = 0; e < HD; ++e) xt[e * ldt + j] = row[e];
   }
   for (int64_t e = 0; e < HD; ++e) std::fill(xt + e * ldt + n, xt + (e + 1) * ldt, 0.0f);
 }
 
-// One task's keys (rotated) into kr [T, HD] and transposed into kt [HD, ldt], zero-padded.
+// One task's keys (rotated) and values into kr, vr [ldt, HD] (rows past T zero) and the keys
+// transposed into kt [HD, ldt]. Rows lie a page or so apart in the fused qkv buffer: the next
+// ones are asked for early.
 template <int64_t HD>
-NR_INLINE void task_keys(const CausalArgs& a, int64_t b, int64_t h, float* kr, float* kt, int64_t ldt) {
+NR_INLINE void task_keys_values(const CausalArgs& a, int64_t b, int64_t h, float* kr, float* vr, float* kt,
+                                int64_t ldt) {
   const float* k = a.k + b * a.ks[0] + h * a.ks[2];
+  const float* v = a.v + b * a.vs[0] + h * a.vs[2];
   for (int64_t j = 0; j < a.t_len; ++j) {
-    // Rows lie a page or so apart in the fused qkv buffer: ask for the next ones early.
-    for (int64_t c = 0; c < HD; c += 16) __builtin_prefetch(k + (j + 4) * a.ks[1] + c);
+    for (int64_t c = 0; c < HD; c += 16) {
+      __builtin_prefetch(k + (j + 4) * a.ks[1] + c);
+      __builtin_prefetch(v + (j + 4) * a.vs[1] + c);
+    }
     load_row<HD>(a, k + j * a.ks[1], b, j, false, kr + j * HD);
+    std::memcpy(vr + j * HD, v + j * a.vs[1], HD * sizeof(float));
   }
+  std::fill(kr + a.t_len * HD, kr + ldt * HD, 0.0f);
+  std::fill(vr + a.t_len * HD, vr + ldt * HD, 0.0f);
   transpose_rows<HD>(kr, HD, a.t_len, kt, ldt);
 }
 
-// The block's query rows (rotated) into qb [kBlock, HD]; rows past the end repeat the last.
+// The block's query rows (rotated) into qb [kBlock, HD]; rows past the end are zero.
 template <int64_t HD>
-NR_INLINE void block_queries(const CausalArgs& a, int64_t b, int64_t head, int64_t i0, int64_t rows, float* qb,
-                             const float** qr) {
-  for (int64_t r = 0; r < kBlock; ++r) {
-    if (r < rows) {
-      load_row<HD>(a, a.q + b * a.qs[0] + (i0 + r) * a.qs[1] + head * a.qs[2], b, i0 + r, false, qb + r * HD);
-    }
-    qr[r] = qb + std::min(r, rows - 1) * HD;
+NR_INLINE void block_queries(const CausalArgs& a, int64_t b, int64_t head, int64_t i0, int64_t rows, float* qb) {
+  for (int64_t r = 0; r < rows; ++r) {
+    load_row<HD>(a, a.q + b * a.qs[0] + (i0 + r) * a.qs[1] + head * a.qs[2], b, i0 + r, false, qb + r * HD);
   }
+  std::fill(qb + rows * HD, qb + kBlock * HD, 0.0f);
 }
 
 template <int64_t HD>
 NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64_t begin, int64_t end) {
+  constexpr int R = kTile<HD>, C = HD / 16;
   const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads;
-  std::vector<float> kr(T * HD), kt(HD * ldt), s(kBlock * ldt), qb(kBlock * HD);
-  const float* qr[kBlock];
+  std::vector<float> kr(ldt * HD), vr(ldt * HD), kt(HD * ldt), s(kBlock * ldt), qb(kBlock * HD);
+  float inv_total[kBlock];
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / a.kv_heads, h = task % a.kv_heads;
-    const float* v = a.v + b * a.vs[0] + h * a.vs[2];
-    task_keys<HD>(a, b, h, kr.data(), kt.data(), ldt);
+    task_keys_values<HD>(a, b, h, kr.data(), vr.data(), kt.data(), ldt);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = h * group + g;
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
-        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
-        block_queries<HD>(a, b, head, i0, rows, qb.data(), qr);
-        block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), s.data(), ldt);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r, visible = i + 1;
+        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
+        block_queries<HD>(a, b, head, i0, rows, qb.data());
+        block_scores<HD>(qb.data(), kt.data(), ldt, npad, s.data(), ldt);
+        for (int64_t r = 0; r < kBlock; ++r) {
+          const int64_t i = i0 + r, visible = r < rows ? i + 1 : 0;
           float* p = s.data() + r * ldt;
-          const float top = max_of(p, visible) * a.scale;
-          float total = 0.0f;
+          if (visible > 0) {
+            const float top = max_of(p, visible) * a.scale;
+            float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-          for (int64_t j = 0; j < visible; ++j) {
-            p[j] = exp_approx(p[j] * a.scale - top);
-            total += p[j];
+            for (int64_t j = 0; j < visible; ++j) {
+              p[j] = exp_approx(p[j] * a.scale - top);
+              total += p[j];
+            }
+            lse[(b * a.heads + head) * T + i] = top + std::log(total);
+            inv_total[r] = 1.0f / total;
           }
-          lse[(b * a.heads + head) * T + i] = top + std::log(total);
-          weighted_rows<HD>(p, visible, v, a.vs[1], 1.0f / total, out + ((b * T + i) * a.heads + head) * HD);
+          std::fill(p + visible, p + npad, 0.0f);
+        }
+        // out rows = P·V, a tile of rows at a time, over the keys the tile's last row sees.
+        for (int64_t t0 = 0; t0 < rows; t0 += R) {
+          v16 acc[R][C];
+          tile_product<HD>(s.data() + t0 * ldt, ldt, 1, std::min(n, i0 + t0 + R), vr.data(), HD, acc);
+          for (int64_t t = 0; t < R && t0 + t < rows; ++t) {
+            float* o = out + ((b * T + i0 + t0 + t) * a.heads + head) * HD;
+            for (int c = 0; c < C; ++c) store16(o + 16 * c, acc[t][c] * inv_total[t0 + t]);
+          }
         }
       }
     }
@@ -278,57 +310,67 @@ NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64
 template <int64_t HD>
 NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const float* lse, const float* dout,
                                const CausalGrads& d, int64_t begin, int64_t end) {
+  constexpr int R = kTile<HD>, C = HD / 16;
   const int64_t T = a.t_len, ldt = round_up16(T), group = a.heads / a.kv_heads, H = a.heads, KV = a.kv_heads;
-  std::vector<float> kr(T * HD), kt(HD * ldt), vt(HD * ldt), p(kBlock * ldt), dp(kBlock * ldt), qb(kBlock * HD),
-      dk_acc(T * HD), dv_acc(T * HD), row(HD);
-  const float *qr[kBlock], *dor[kBlock];
+  std::vector<float> kr(ldt * HD), vr(ldt * HD), kt(HD * ldt), vt(HD * ldt), p(kBlock * ldt), ds(kBlock * ldt),
+      qb(kBlock * HD), dob(kBlock * HD), dk_acc(ldt * HD), dv_acc(ldt * HD), row(HD);
+  float dsum[kBlock];
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / KV, h = task % KV;
-    const float* v = a.v + b * a.vs[0] + h * a.vs[2];
-    task_keys<HD>(a, b, h, kr.data(), kt.data(), ldt);
-    transpose_rows<HD>(v, a.vs[1], T, vt.data(), ldt);
+    task_keys_values<HD>(a, b, h, kr.data(), vr.data(), kt.data(), ldt);
+    transpose_rows<HD>(vr.data(), HD, T, vt.data(), ldt);
     std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
     std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = h * group + g;
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
-        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows;
-        block_queries<HD>(a, b, head, i0, rows, qb.data(), qr);
-        for (int64_t r = 0; r < kBlock; ++r) dor[r] = dout + ((b * T + i0 + std::min(r, rows - 1)) * H + head) * HD;
-        block_scores<HD>(qr, rows, kt.data(), ldt, round_up16(n), p.data(), ldt);
-        block_scores<HD>(dor, rows, vt.data(), ldt, round_up16(n), dp.data(), ldt);
+        const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
+        block_queries<HD>(a, b, head, i0, rows, qb.data());
+        // The block's output gradients, and D_i = dO_i·O_i (softmax's backward needs it per row).
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r, visible = i + 1;
-          const float dsum = dot<HD>(dor[r], out + ((b * T + i) * H + head) * HD);
-          const float l = lse[(b * H + head) * T + i];
-          float* pr = p.data() + r * ldt;
-          float* dsr = dp.data() + r * ldt;  // dP becomes dS in place
-#pragma omp simd
-          for (int64_t j = 0; j < visible; ++j) {
-            pr[j] = exp_approx(pr[j] * a.scale - l);
-            dsr[j] = pr[j] * (dsr[j] - dsum);
-          }
-          std::fill(pr + visible, pr + n, 0.0f);
-          std::fill(dsr + visible, dsr + n, 0.0f);
-          // dq in rotated space, then back through the rotation into its place.
-          weighted_rows<HD>(dsr, visible, kr.data(), HD, a.scale, row.data());
-          load_row<HD>(a, row.data(), b, i, true, d.dq + b * d.qs[0] + i * d.qs[1] + head * d.qs[2]);
+          const int64_t at = ((b * T + i0 + r) * H + head) * HD;
+          std::memcpy(dob.data() + r * HD, dout + at, HD * sizeof(float));
+          dsum[r] = dot<HD>(dob.data() + r * HD, out + at);
         }
-        // Keys and values gain from every row of the block that sees them (the rest are 0).
-        for (int64_t j = 0; j < n; ++j) {
-          v16 gk[HD / 16], gv[HD / 16];
-          for (int64_t c = 0; c < HD / 16; ++c) gk[c] = gv[c] = v16{};
-          for (int64_t r = std::max<int64_t>(0, j - i0); r < rows; ++r) {
-            const float pw = p[r * ldt + j], sw = dp[r * ldt + j];
-#pragma GCC unroll 8
-            for (int64_t c = 0; c < HD / 16; ++c) {
-              gv[c] += load16(dor[r] + 16 * c) * pw;
-              gk[c] += load16(qr[r] + 16 * c) * sw;
+        std::fill(dob.begin() + rows * HD, dob.end(), 0.0f);
+        block_scores<HD>(qb.data(), kt.data(), ldt, npad, p.data(), ldt);
+        block_scores<HD>(dob.data(), vt.data(), ldt, npad, ds.data(), ldt);
+        for (int64_t r = 0; r < kBlock; ++r) {
+          const int64_t visible = r < rows ? i0 + r + 1 : 0;
+          float* pr = p.data() + r * ldt;
+          float* dsr = ds.data() + r * ldt;  // dP becomes dS in place
+          if (visible > 0) {
+            const float l = lse[(b * H + head) * T + i0 + r], dsum_r = dsum[r];
+#pragma omp simd
+            for (int64_t j = 0; j < visible; ++j) {
+              pr[j] = exp_approx(pr[j] * a.scale - l);
+              dsr[j] = pr[j] * (dsr[j] - dsum_r);
             }
           }
-          for (int64_t c = 0; c < HD / 16; ++c) {
-            store16(dv_acc.data() + j * HD + 16 * c, load16(dv_acc.data() + j * HD + 16 * c) + gv[c]);
-            store16(dk_acc.data() + j * HD + 16 * c, load16(dk_acc.data() + j * HD + 16 * c) + gk[c] * a.scale);
+          std::fill(pr + visible, pr + npad, 0.0f);
+          std::fill(dsr + visible, dsr + npad, 0.0f);
+        }
+        // dQ = scale·dS·K in rotated space, then back through the rotation into its place.
+        for (int64_t t0 = 0; t0 < rows; t0 += R) {
+          v16 acc[R][C];
+          tile_product<HD>(ds.data() + t0 * ldt, ldt, 1, std::min(n, i0 + t0 + R), kr.data(), HD, acc);
+          for (int64_t t = 0; t < R && t0 + t < rows; ++t) {
+            const int64_t i = i0 + t0 + t;
+            for (int c = 0; c < C; ++c) store16(row.data() + 16 * c, acc[t][c] * a.scale);
+            load_row<HD>(a, row.data(), b, i, true, d.dq + b * d.qs[0] + i * d.qs[1] + head * d.qs[2]);
+          }
+        }
+        // dV += Pᵀ·dO and dK += scale·dSᵀ·Q over the keys the block sees, a tile of keys at a time.
+        for (int64_t j0 = 0; j0 < n; j0 += R) {
+          v16 gv[R][C], gk[R][C];
+          tile_product<HD>(p.data() + j0, 1, ldt, kBlock, dob.data(), HD, gv);
+          tile_product<HD>(ds.data() + j0, 1, ldt, kBlock, qb.data(), HD, gk);
+          for (int t = 0; t < R; ++t) {
+            float *dv = dv_acc.data() + (j0 + t) * HD, *dk = dk_acc.data() + (j0 + t) * HD;
+            for (int c = 0; c < C; ++c) {
+              store16(dv + 16 * c, load16(dv + 16 * c) + gv[t][c]);
+              store16(dk + 16 * c, load16(dk + 16 * c) + gk[t][c] * a.scale);
+            }
           }
         }
       }

@@ -288,6 +288,19 @@ fn timing_probe() {
         }
         println!("{what}: {:.1} us", start.elapsed().as_secs_f64() * 1e6 / 50.0);
     };
+    // The small preset's learner step: 16 rows of 96 tokens, 8 query heads over 4 kv heads of 64.
+    let (b, t, heads, kv_heads, hd) = (16, 96, 8, 4, 64);
+    let qkv = Tensor::randn([b, t, heads + 2 * kv_heads, hd], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let cos = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu));
+    let sin = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
+    let upstream = Tensor::randn([b * t, heads * hd], (Kind::Float, tch::Device::Cpu));
+    time("rope_causal_attention forward [16, 96, 8/4 heads, 64]", &|| {
+        tch::no_grad(|| kernels::rope_causal_attention(&qkv, heads, kv_heads, &cos, &sin))
+    });
+    time("rope_causal_attention forward + backward", &|| {
+        let y = kernels::rope_causal_attention(&qkv, heads, kv_heads, &cos, &sin);
+        Tensor::run_backward(&[(y * &upstream).sum(Kind::Float)], &[&qkv], false, false).pop().unwrap()
+    });
     for rows in [16, 64, 2048] {
         let gu = Tensor::randn([rows, 3072], (Kind::Float, tch::Device::Cpu));
         time(&format!("silu_mul fused [{rows}, 3072]"), &|| kernels::silu_mul(&gu));
