@@ -7,163 +7,27 @@
 namespace nr {
 namespace {
 
-// ---- Cached attention for sampling: rotate q and k, append k and v to the cache, attend ----
-// Row b's new token t sits at position lens[b] + t and sees cache positions 0..=that. The query
-// heads sharing a kv head are handled by one task, so each key and value is read once per row.
+// ---- Small products both attention kernels are built from ----
 
-struct CachedAttentionArgs {
-  const float *q, *k, *v, *cos, *ssin;
-  int64_t q_strides[3], k_strides[3], v_strides[3];
-  float *k_cache, *v_cache, *out;
-  const int64_t* lens;
-  int64_t t_len, heads, kv_heads, hd, capacity;
-};
-
-// One query against `visible` cached keys: scores, softmax, weighted sum of values into `out`.
-// HD is the head size when known at compile time (then the output accumulates in registers),
-// 0 for any other size. Keys are taken four at a time so their dot products run side by side.
-template <int64_t HD>
-NR_INLINE void attend(const float* query, const float* keys, const float* values, int64_t visible, int64_t hd_any,
-                   float* scores, float* out) {
-  const int64_t hd = HD > 0 ? HD : hd_any;
-  float top = -INFINITY;
-  int64_t j = 0;
-  for (; j + 4 <= visible; j += 4) {
-    const float *k0 = keys + j * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
-    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
-#pragma omp simd reduction(+ : d0, d1, d2, d3)
-    for (int64_t e = 0; e < hd; ++e) {
-      d0 += query[e] * k0[e];
-      d1 += query[e] * k1[e];
-      d2 += query[e] * k2[e];
-      d3 += query[e] * k3[e];
-    }
-    scores[j] = d0, scores[j + 1] = d1, scores[j + 2] = d2, scores[j + 3] = d3;
-    top = std::max(top, std::max(std::max(d0, d1), std::max(d2, d3)));
-  }
-  for (; j < visible; ++j) {
-    const float* kj = keys + j * hd;
-    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t e = 0; e < hd; ++e) dot += query[e] * kj[e];
-    scores[j] = dot;
-    top = std::max(top, dot);
-  }
-  float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-  for (int64_t i = 0; i < visible; ++i) {
-    scores[i] = exp_approx(scores[i] - top);
-    total += scores[i];
-  }
-  const float inv = 1.0f / total;
-  float acc[HD > 0 ? HD : 1];
-  float* o = HD > 0 ? acc : out;
-  std::fill(o, o + hd, 0.0f);
-  for (int64_t i = 0; i < visible; ++i) {
-    const float p = scores[i] * inv;
-    const float* vi = values + i * hd;
-#pragma omp simd
-    for (int64_t e = 0; e < hd; ++e) o[e] += p * vi[e];
-  }
-  if (HD > 0) std::memcpy(out, acc, hd * sizeof(float));
-}
-
-NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begin, int64_t end) {
-  const int64_t hd = a.hd, group = a.heads / a.kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  std::vector<float> scores(a.capacity), query(hd);
-  for (int64_t task = begin; task < end; ++task) {  // task = b·kv_heads + kv head
-    const int64_t b = task / a.kv_heads, h = task % a.kv_heads, start = a.lens[b];
-    float* keys = a.k_cache + task * a.capacity * hd;
-    float* values = a.v_cache + task * a.capacity * hd;
-    for (int64_t t = 0; t < a.t_len; ++t) {
-      const int64_t row = b * a.t_len + t;
-      const float* k = a.k + b * a.k_strides[0] + t * a.k_strides[1] + h * a.k_strides[2];
-      const float* v = a.v + b * a.v_strides[0] + t * a.v_strides[1] + h * a.v_strides[2];
-      const float* sine = a.ssin + row * hd;
-      rotate_into(k, a.cos + row * hd, sine, sine + hd / 2, 1.0f, keys + (start + t) * hd, hd);
-      std::memcpy(values + (start + t) * hd, v, hd * sizeof(float));
-    }
-    for (int64_t t = 0; t < a.t_len; ++t) {
-      const int64_t row = b * a.t_len + t, visible = start + t + 1;
-      for (int64_t g = 0; g < group; ++g) {
-        const int64_t head = h * group + g;
-        const float* q = a.q + b * a.q_strides[0] + t * a.q_strides[1] + head * a.q_strides[2];
-        const float* sine = a.ssin + row * hd;
-        rotate_into(q, a.cos + row * hd, sine, sine + hd / 2, scale, query.data(), hd);
-        float* o = a.out + (row * a.heads + head) * hd;
-        switch (hd) {
-          case 64: attend<64>(query.data(), keys, values, visible, hd, scores.data(), o); break;
-          case 128: attend<128>(query.data(), keys, values, visible, hd, scores.data(), o); break;
-          default: attend<0>(query.data(), keys, values, visible, hd, scores.data(), o);
-        }
-      }
-    }
-  }
-}
-
-// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis);
-// cos, signed_sin [B·T, hd]; caches [B, kv_heads, capacity, hd]; lens [B] int64.
-// Returns [B·T, heads·hd].
-at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                            const at::Tensor& cos, const at::Tensor& ssin, at::Tensor& k_cache, at::Tensor& v_cache,
-                            const at::Tensor& lens_in) {
-  at::NoGradGuard no_grad;
-  const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
-  const at::Tensor lens = lens_in.to(at::kLong).contiguous();
-  const int64_t bsz = q.size(0), t_len = q.size(1), heads = q.size(2), hd = q.size(3);
-  const int64_t kv_heads = k.size(2), capacity = k_cache.size(2);
-  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0 && k.sizes() == v.sizes() && k.size(0) == bsz &&
-                  k.size(1) == t_len && k.size(3) == hd,
-              "cached_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
-                  k_cache.size(0) == bsz && k_cache.size(1) == kv_heads && k_cache.size(3) == hd,
-              "cached_attention: cache ", k_cache.sizes(), " does not fit ", k.sizes());
-  TORCH_CHECK(lens.numel() == bsz && cos.is_contiguous() && ssin.is_contiguous() && cos.size(0) == bsz * t_len &&
-                  cos.size(1) == hd,
-              "cached_attention: lens or rope tables do not fit");
-  const int64_t* lp = lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < bsz; ++b) {
-    TORCH_CHECK(lp[b] >= 0 && lp[b] + t_len <= capacity, "cached_attention: row ", b, " at ", lp[b], " + ", t_len,
-                " overflows the cache's ", capacity, " positions");
-  }
-  at::Tensor out = at::empty({bsz * t_len, heads * hd}, q.options());
-  CachedAttentionArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), cos.data_ptr<float>(),
-                        ssin.data_ptr<float>(), {q.stride(0), q.stride(1), q.stride(2)},
-                        {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
-                        k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), out.data_ptr<float>(), lp, t_len,
-                        heads, kv_heads, hd, capacity};
-  at::parallel_for(0, bsz * kv_heads, 1, [&](int64_t b, int64_t e) { cached_attention_tasks(a, b, e); });
-  return out;
-}
-
-// ---- Causal attention over fresh sequences (training, scoring), forward and backward ----
-// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis) give
-// out [B·T, heads·hd], the layout the output projection takes, plus each query's log-sum-exp,
-// which is all the backward pass keeps (it recomputes the probabilities, as FlashAttention does).
-// One task per (batch row, kv head) takes every query head of that group, so the backward pass
-// adds into its key and value gradients without locks. Queries go in blocks of 16 rows, copied
-// (rotated) into a contiguous buffer with the task's keys and values, so every product below is
-// a small register-tiled matrix product over buffers in cache.
-
-constexpr int64_t kBlock = 16;  // query rows per block, and keys per score vector
+constexpr int64_t kBlock = 16;  // causal attention's query rows per block, and keys per score vector
 int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 
-// s[r·ld + j] = Σ_e a[r·HD + e]·xt[e·ldt + j] for all kBlock rows r of a and keys j < npad (a
-// multiple of 16): 16 score vectors accumulate in registers over the head dimension.
-template <int64_t HD>
+// s[r·ld + j] = Σ_e a[r·HD + e]·xt[e·ldt + j] for the ROWS rows of a and keys j < npad (a
+// multiple of 16): ROWS score vectors accumulate in registers over the head dimension, from keys
+// stored as columns, so no horizontal sums are needed.
+template <int64_t HD, int ROWS>
 NR_INLINE void block_scores(const float* a, const float* xt, int64_t ldt, int64_t npad, float* s, int64_t ld) {
   for (int64_t j = 0; j < npad; j += 16) {
-    v16 acc[kBlock];
+    v16 acc[ROWS];
 #pragma GCC unroll 16
-    for (int r = 0; r < kBlock; ++r) acc[r] = v16{};
+    for (int r = 0; r < ROWS; ++r) acc[r] = v16{};
     for (int64_t e = 0; e < HD; ++e) {
       const v16 x = load16(xt + e * ldt + j);
 #pragma GCC unroll 16
-      for (int r = 0; r < kBlock; ++r) acc[r] += x * a[r * HD + e];
+      for (int r = 0; r < ROWS; ++r) acc[r] += x * a[r * HD + e];
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < kBlock; ++r) store16(s + r * ld + j, acc[r]);
+    for (int r = 0; r < ROWS; ++r) store16(s + r * ld + j, acc[r]);
   }
 }
 
@@ -171,13 +35,13 @@ NR_INLINE void block_scores(const float* a, const float* xt, int64_t ldt, int64_
 template <int64_t HD>
 constexpr int kTile = 256 / HD;
 
-// acc[t] = Σ_{u < n} w[t·wt + u·wu]·y[u·ldy .. +HD] for the tile's rows t: a [kTile × n]·[n × HD]
+// acc[t] = Σ_{u < n} w[t·wt + u·wu]·y[u·ldy .. +HD] for the tile's R rows t: an [R × n]·[n × HD]
 // product whose left factor may be read transposed (wt = 1) — P·V and dS·K by query rows, Pᵀ·dO
 // and dSᵀ·Q by key rows.
-template <int64_t HD>
+template <int64_t HD, int R = kTile<HD>>
 NR_INLINE void tile_product(const float* w, int64_t wt, int64_t wu, int64_t n, const float* y, int64_t ldy,
-                            v16 (&acc)[kTile<HD>][HD / 16]) {
-  constexpr int R = kTile<HD>, C = HD / 16;
+                            v16 (&acc)[R][HD / 16]) {
+  constexpr int C = HD / 16;
 #pragma GCC unroll 8
   for (int t = 0; t < R; ++t)
 #pragma GCC unroll 8
@@ -195,6 +59,182 @@ NR_INLINE void tile_product(const float* w, int64_t wt, int64_t wu, int64_t n, c
     }
   }
 }
+
+// ---- Cached attention for sampling: rotate q and k, append k and v to the cache, attend ----
+// Row b's new token t sits at position lens[b] + t and sees cache positions 0..=that. Keys are
+// cached as columns ([hd, ldk] per row and kv head, ldk a multiple of 16), so the scores of 16
+// positions accumulate in registers with no horizontal sums, and the query heads that share a kv
+// head are handled together, so each cached key and value is read once per new token.
+
+struct CachedAttentionArgs {
+  const float *q, *k, *v, *cos, *ssin;
+  int64_t q_strides[3], k_strides[3], v_strides[3];
+  float *k_cache, *v_cache, *out;  // k_cache [B, kv_heads, hd, ldk], v_cache [B, kv_heads, capacity, hd]
+  const int64_t* lens;
+  int64_t t_len, heads, kv_heads, hd, capacity, ldk;
+};
+
+// Each of the G score rows s [G, ld] over its first `visible` entries becomes exp(s − max), in
+// place; inv[g] gets 1 / the row's sum (applied to the weighted sum of values, not to each entry).
+template <int G>
+NR_INLINE void softmax_rows(float* s, int64_t ld, int64_t visible, float* inv) {
+  for (int g = 0; g < G; ++g) {
+    float* p = s + g * ld;
+    const float top = max_of(p, visible);
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < visible; ++j) {
+      p[j] = exp_approx(p[j] - top);
+      total += p[j];
+    }
+    inv[g] = 1.0f / total;
+  }
+}
+
+// G queries qs [G, HD] (rotated, scaled) against the first `visible` cached positions; the
+// results go to G consecutive output heads at out.
+template <int64_t HD, int G>
+NR_INLINE void attend_group(const float* qs, const float* kt, int64_t ldk, const float* values, int64_t visible,
+                            float* s, float* out) {
+  block_scores<HD, G>(qs, kt, ldk, round_up16(visible), s, ldk);
+  float inv[G];
+  softmax_rows<G>(s, ldk, visible, inv);
+  v16 acc[G][HD / 16];
+  tile_product<HD, G>(s, ldk, 1, visible, values, HD, acc);
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < HD / 16; ++c) store16(out + g * HD + 16 * c, acc[g][c] * inv[g]);
+}
+
+// A kv head's `group` query heads, in chunks of 8, 4, 2 or 1 (no more than a tile holds).
+template <int64_t HD>
+NR_INLINE void attend_heads(const float* qs, int64_t group, const float* kt, int64_t ldk, const float* values,
+                            int64_t visible, float* s, float* out) {
+  constexpr int R = kTile<HD>;
+  for (int64_t g = 0; g < group;) {
+    const int64_t left = group - g;
+    const float* q = qs + g * HD;
+    float* o = out + g * HD;
+    if (R >= 8 && left >= 8) {
+      attend_group<HD, (R >= 8 ? 8 : 1)>(q, kt, ldk, values, visible, s, o);
+      g += 8;
+    } else if (R >= 4 && left >= 4) {
+      attend_group<HD, (R >= 4 ? 4 : 1)>(q, kt, ldk, values, visible, s, o);
+      g += 4;
+    } else if (left >= 2) {
+      attend_group<HD, 2>(q, kt, ldk, values, visible, s, o);
+      g += 2;
+    } else {
+      attend_group<HD, 1>(q, kt, ldk, values, visible, s, o);
+      g += 1;
+    }
+  }
+}
+
+// Any head size: the same steps as plain loops (the compiler vectorizes each over positions or
+// over the head dimension).
+NR_INLINE void attend_any(const float* q, const float* kt, int64_t ldk, const float* values, int64_t visible,
+                          int64_t hd, float* s, float* out) {
+  std::fill(s, s + visible, 0.0f);
+  for (int64_t e = 0; e < hd; ++e) {
+    const float qe = q[e];
+    const float* row = kt + e * ldk;
+#pragma omp simd
+    for (int64_t j = 0; j < visible; ++j) s[j] += qe * row[j];
+  }
+  float inv;
+  softmax_rows<1>(s, ldk, visible, &inv);
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = 0; j < visible; ++j) {
+    const float p = s[j] * inv;
+    const float* vj = values + j * hd;
+#pragma omp simd
+    for (int64_t e = 0; e < hd; ++e) out[e] += p * vj[e];
+  }
+}
+
+NR_CLONES void cached_attention_tasks(const CachedAttentionArgs& a, int64_t begin, int64_t end) {
+  const int64_t hd = a.hd, group = a.heads / a.kv_heads, ldk = a.ldk;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> s(8 * ldk), qs(group * hd), key(hd);
+  for (int64_t task = begin; task < end; ++task) {  // task = b·kv_heads + kv head
+    const int64_t b = task / a.kv_heads, h = task % a.kv_heads, start = a.lens[b];
+    float* kt = a.k_cache + task * hd * ldk;
+    float* values = a.v_cache + task * a.capacity * hd;
+    for (int64_t t = 0; t < a.t_len; ++t) {
+      const int64_t row = b * a.t_len + t;
+      const float* k = a.k + b * a.k_strides[0] + t * a.k_strides[1] + h * a.k_strides[2];
+      const float* v = a.v + b * a.v_strides[0] + t * a.v_strides[1] + h * a.v_strides[2];
+      const float* sine = a.ssin + row * hd;
+      rotate_into(k, a.cos + row * hd, sine, sine + hd / 2, 1.0f, key.data(), hd);
+      for (int64_t e = 0; e < hd; ++e) kt[e * ldk + start + t] = key[e];
+      std::memcpy(values + (start + t) * hd, v, hd * sizeof(float));
+    }
+    for (int64_t t = 0; t < a.t_len; ++t) {
+      const int64_t row = b * a.t_len + t, visible = start + t + 1;
+      const float* sine = a.ssin + row * hd;
+      for (int64_t g = 0; g < group; ++g) {
+        const float* q = a.q + b * a.q_strides[0] + t * a.q_strides[1] + (h * group + g) * a.q_strides[2];
+        rotate_into(q, a.cos + row * hd, sine, sine + hd / 2, scale, qs.data() + g * hd, hd);
+      }
+      float* o = a.out + (row * a.heads + h * group) * hd;
+      switch (hd) {
+        case 32: attend_heads<32>(qs.data(), group, kt, ldk, values, visible, s.data(), o); break;
+        case 64: attend_heads<64>(qs.data(), group, kt, ldk, values, visible, s.data(), o); break;
+        case 128: attend_heads<128>(qs.data(), group, kt, ldk, values, visible, s.data(), o); break;
+        default:
+          for (int64_t g = 0; g < group; ++g) {
+            attend_any(qs.data() + g * hd, kt, ldk, values, visible, hd, s.data(), o + g * hd);
+          }
+      }
+    }
+  }
+}
+
+// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis);
+// cos, signed_sin [B·T, hd]; k_cache [B, kv_heads, hd, ldk] (keys as columns, ldk ≥ capacity
+// rounded up to 16), v_cache [B, kv_heads, capacity, hd]; lens [B] int64.
+// Returns [B·T, heads·hd].
+at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                            const at::Tensor& cos, const at::Tensor& ssin, at::Tensor& k_cache, at::Tensor& v_cache,
+                            const at::Tensor& lens_in) {
+  at::NoGradGuard no_grad;
+  const at::Tensor q = last_axis_contiguous(q_in), k = last_axis_contiguous(k_in), v = last_axis_contiguous(v_in);
+  const at::Tensor lens = lens_in.to(at::kLong).contiguous();
+  const int64_t bsz = q.size(0), t_len = q.size(1), heads = q.size(2), hd = q.size(3);
+  const int64_t kv_heads = k.size(2), capacity = v_cache.size(2);
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0 && k.sizes() == v.sizes() && k.size(0) == bsz &&
+                  k.size(1) == t_len && k.size(3) == hd,
+              "cached_attention: q ", q.sizes(), " k ", k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && v_cache.size(0) == bsz &&
+                  v_cache.size(1) == kv_heads && v_cache.size(3) == hd && k_cache.size(0) == bsz &&
+                  k_cache.size(1) == kv_heads && k_cache.size(2) == hd && k_cache.size(3) >= round_up16(capacity),
+              "cached_attention: caches ", k_cache.sizes(), " and ", v_cache.sizes(), " do not fit ", k.sizes());
+  TORCH_CHECK(lens.numel() == bsz && cos.is_contiguous() && ssin.is_contiguous() && cos.size(0) == bsz * t_len &&
+                  cos.size(1) == hd,
+              "cached_attention: lens or rope tables do not fit");
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < bsz; ++b) {
+    TORCH_CHECK(lp[b] >= 0 && lp[b] + t_len <= capacity, "cached_attention: row ", b, " at ", lp[b], " + ", t_len,
+                " overflows the cache's ", capacity, " positions");
+  }
+  at::Tensor out = at::empty({bsz * t_len, heads * hd}, q.options());
+  CachedAttentionArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), cos.data_ptr<float>(),
+                        ssin.data_ptr<float>(), {q.stride(0), q.stride(1), q.stride(2)},
+                        {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
+                        k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), out.data_ptr<float>(), lp, t_len,
+                        heads, kv_heads, hd, capacity, k_cache.size(3)};
+  at::parallel_for(0, bsz * kv_heads, 1, [&](int64_t b, int64_t e) { cached_attention_tasks(a, b, e); });
+  return out;
+}
+
+// ---- Causal attention over fresh sequences (training, scoring), forward and backward ----
+// q [B, T, heads, hd], k and v [B, T, kv_heads, hd] (any strides, contiguous last axis) give
+// out [B·T, heads·hd], the layout the output projection takes, plus each query's log-sum-exp,
+// which is all the backward pass keeps (it recomputes the probabilities, as FlashAttention does).
+// One task per (batch row, kv head) takes every query head of that group, so the backward pass
+// adds into its key and value gradients without locks. Queries go in blocks of 16 rows, copied
+// (rotated) into a contiguous buffer with the task's keys and values, so every product below is
+// a small register-tiled matrix product over buffers in cache.
 
 struct CausalArgs {
   const float *q, *k, *v;
@@ -276,7 +316,7 @@ NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
         block_queries<HD>(a, b, head, i0, rows, qb.data());
-        block_scores<HD>(qb.data(), kt.data(), ldt, npad, s.data(), ldt);
+        block_scores<HD, kBlock>(qb.data(), kt.data(), ldt, npad, s.data(), ldt);
         for (int64_t r = 0; r < kBlock; ++r) {
           const int64_t i = i0 + r, visible = r < rows ? i + 1 : 0;
           float* p = s.data() + r * ldt;
@@ -333,8 +373,8 @@ NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const floa
           dsum[r] = dot<HD>(dob.data() + r * HD, out + at);
         }
         std::fill(dob.begin() + rows * HD, dob.end(), 0.0f);
-        block_scores<HD>(qb.data(), kt.data(), ldt, npad, p.data(), ldt);
-        block_scores<HD>(dob.data(), vt.data(), ldt, npad, ds.data(), ldt);
+        block_scores<HD, kBlock>(qb.data(), kt.data(), ldt, npad, p.data(), ldt);
+        block_scores<HD, kBlock>(dob.data(), vt.data(), ldt, npad, ds.data(), ldt);
         for (int64_t r = 0; r < kBlock; ++r) {
           const int64_t visible = r < rows ? i0 + r + 1 : 0;
           float* pr = p.data() + r * ldt;

@@ -8,9 +8,16 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::invalid;
 
+/// The axis of positions in a key tensor and in a value tensor.
+const KEY_POSITIONS: i64 = 3;
+const VALUE_POSITIONS: i64 = 2;
+
 pub struct KvCache {
-    /// Per layer, [rows, kv_heads, capacity, head_dim].
+    /// Per layer, keys as columns: [rows, kv_heads, head_dim, capacity rounded up to 16]. The
+    /// attention kernel reads the scores of 16 positions as one vector product per head
+    /// dimension; the spare columns past `capacity` are never attended to.
     pub(crate) k: Vec<Tensor>,
+    /// Per layer, [rows, kv_heads, capacity, head_dim].
     pub(crate) v: Vec<Tensor>,
     /// Valid positions per row.
     lens: Vec<i64>,
@@ -19,9 +26,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(cfg: &ModelConfig, rows: i64, capacity: i64, kind: Kind, device: Device) -> KvCache {
-        let shape = [rows, cfg.num_kv_heads, capacity, cfg.head_dim];
-        let make = || (0..cfg.num_layers).map(|_| Tensor::zeros(shape, (kind, device))).collect::<Vec<_>>();
-        KvCache { k: make(), v: make(), lens: vec![0; rows as usize], capacity }
+        let make = |shape: [i64; 4]| (0..cfg.num_layers).map(|_| Tensor::zeros(shape, (kind, device))).collect::<Vec<_>>();
+        let (kv, hd) = (cfg.num_kv_heads, cfg.head_dim);
+        let k = make([rows, kv, hd, (capacity + 15) / 16 * 16]);
+        KvCache { k, v: make([rows, kv, capacity, hd]), lens: vec![0; rows as usize], capacity }
     }
 
     pub fn rows(&self) -> usize {
@@ -44,6 +52,11 @@ impl KvCache {
             ));
         }
         Ok(())
+    }
+
+    /// Every cached tensor with the axis that holds its positions.
+    fn tensors_mut(&mut self) -> impl Iterator<Item = (&mut Tensor, i64)> {
+        self.k.iter_mut().map(|t| (t, KEY_POSITIONS)).chain(self.v.iter_mut().map(|t| (t, VALUE_POSITIONS)))
     }
 
     pub(crate) fn advance(&mut self, counts: &[i64]) {
@@ -72,9 +85,10 @@ impl KvCache {
         let device = self.k[0].device();
         let src = Tensor::from_slice(&src_rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
         let dst = Tensor::from_slice(&dst_rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
-        for (mine, theirs) in self.k.iter_mut().zip(&other.k).chain(self.v.iter_mut().zip(&other.v)) {
-            let rows = theirs.index_select(0, &src).narrow(2, 0, width);
-            let _ = mine.narrow(2, 0, width).index_copy_(0, &dst, &rows);
+        let theirs = other.k.iter().chain(&other.v);
+        for ((mine, axis), theirs) in self.tensors_mut().zip(theirs) {
+            let rows = theirs.index_select(0, &src).narrow(axis, 0, width);
+            let _ = mine.narrow(axis, 0, width).index_copy_(0, &dst, &rows);
         }
         for (&s, &d) in src_rows.iter().zip(dst_rows) {
             self.lens[d] = other.lens[s];
@@ -92,13 +106,13 @@ impl KvCache {
         let device = self.k[0].device();
         let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);
         let width = rows.iter().map(|&r| self.lens[r]).max().unwrap_or(0).max(1).min(self.capacity);
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            // Copy only the used prefix, into a buffer of the full capacity.
-            let kept = t.narrow(2, 0, width).index_select(0, &index);
-            let mut size = kept.size();
-            size[2] = self.capacity;
+        for (t, axis) in self.tensors_mut() {
+            // Copy only the used prefix, into a buffer of the same size.
+            let kept = t.narrow(axis, 0, width).index_select(0, &index);
+            let mut size = t.size();
+            size[0] = rows.len() as i64;
             let fresh = Tensor::zeros(size.as_slice(), (t.kind(), device));
-            fresh.narrow(2, 0, width).copy_(&kept);
+            fresh.narrow(axis, 0, width).copy_(&kept);
             *t = fresh;
         }
         self.lens = rows.iter().map(|&r| self.lens[r]).collect();

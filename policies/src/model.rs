@@ -344,7 +344,7 @@ impl Model {
                 // values go into the cache.
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
                 let out = kernels::causal_attention(&qk[0], &qk[1], &v);
-                cache.k[i].narrow(2, 0, t).copy_(&qk[1].transpose(1, 2));
+                cache.k[i].narrow(3, 0, t).copy_(&qk[1].permute([0, 2, 3, 1]));
                 cache.v[i].narrow(2, 0, t).copy_(&v.transpose(1, 2));
                 out
             }
@@ -367,9 +367,9 @@ impl Model {
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
                 let (q, k) = (&qk[0], &qk[1]);
                 let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
-                let _ = ck.scatter_(2, write_index, &k.transpose(1, 2));
+                let _ = ck.scatter_(3, &write_index.transpose(2, 3), &k.permute([0, 2, 3, 1]));
                 let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
-                let (keys, values) = (ck.narrow(2, 0, *kv_len), cv.narrow(2, 0, *kv_len));
+                let (keys, values) = (ck.narrow(3, 0, *kv_len), cv.narrow(2, 0, *kv_len));
                 grouped_attention(q, &keys, &values, bias, nkv)
             }
         }
@@ -505,23 +505,24 @@ impl Model {
     }
 }
 
-/// Attention of queries q [B, T, heads, hd] over cached keys/values [B, kv_heads, L, hd], with
+/// Attention of queries q [B, T, heads, hd] over cached keys [B, kv_heads, hd, L] (columns) and
+/// values [B, kv_heads, L, hd], with
 /// the query heads that share a kv head batched together (no copies of K and V per head). `bias`
 /// is [B·kv_heads, T·group, L]: scores, scale and mask are one `baddbmm`. Returns [B·T, heads·hd].
 fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor, kv_heads: i64) -> Tensor {
     let size = q.size();
     let (b, t, heads, hd) = (size[0], size[1], size[2], size[3]);
     let group = heads / kv_heads;
-    let len = keys.size()[2];
+    let len = keys.size()[3];
     // [B, T, kv, g, hd] -> [B·kv, T·g, hd]; for one new token this is a view.
     let q = if t == 1 {
         q.reshape([b * kv_heads, group, hd])
     } else {
         q.reshape([b, t, kv_heads, group, hd]).permute([0, 2, 1, 3, 4]).reshape([b * kv_heads, t * group, hd])
     };
-    let keys = keys.reshape([b * kv_heads, len, hd]);
+    let keys = keys.reshape([b * kv_heads, hd, len]);
     let values = values.reshape([b * kv_heads, len, hd]);
-    let scores = bias.baddbmm(&q, &keys.transpose(1, 2), 1.0, 1.0 / (hd as f64).sqrt());
+    let scores = bias.baddbmm(&q, &keys, 1.0, 1.0 / (hd as f64).sqrt());
     let probs = if scores.kind() == Kind::Float {
         scores.softmax(-1, Kind::Float)
     } else {

@@ -77,15 +77,16 @@ fn silu_mul_matches_eager_values_and_gradients() {
 }
 
 /// Prefill then decode through the KV cache with the fused kernels and with the eager ops:
-/// hidden states agree. Head sizes 64 (the kernel's compiled-in size) and 24 (its general loop);
+/// hidden states agree. Head sizes 64, 128 and 32 (compiled in) and 24 (the general loop); query
+/// heads per kv head 2, 4 (for size 128: two chunks of 2), 3 (chunks of 2 and 1) and 8 (two of 4);
 /// one row with 3-token steps, 3 rows decoding, 6 rows with 2-token steps; rows of different
 /// lengths.
 #[test]
 fn cached_forward_fused_equals_eager() {
-    for head_dim in [64, 24] {
+    for (head_dim, heads, kv_heads) in [(64, 4, 2), (24, 4, 2), (128, 8, 2), (32, 6, 2), (64, 8, 1)] {
         let dir = tempfile::tempdir().unwrap();
-        let shape = serde_json::json!({"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-                                       "num_key_value_heads": 2, "intermediate_size": 80, "head_dim": head_dim});
+        let shape = serde_json::json!({"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": heads,
+                                       "num_key_value_heads": kv_heads, "intermediate_size": 80, "head_dim": head_dim});
         policies::init::write_random_checkpoint(dir.path(), &shape, 5, 0.3).unwrap();
         let model = policies::Model::load(dir.path(), None, tch::Device::Cpu).unwrap();
         let _g = tch::no_grad_guard();
@@ -105,7 +106,7 @@ fn cached_forward_fused_equals_eager() {
             };
             for (i, (a, b)) in run(true).iter().zip(run(false)).enumerate() {
                 let d = max_diff(a, &b);
-                assert!(d < 1e-4, "head_dim {head_dim}, {rows} rows: call {i} differs by {d}");
+                assert!(d < 1e-4, "head_dim {head_dim}, {heads}/{kv_heads} heads, {rows} rows: call {i} differs by {d}");
             }
         }
     }
