@@ -5,10 +5,11 @@
 Needs the release binary (NOREGRET_BIN, default target/release/noregret) and the venv with torch,
 transformers and peft. Models are made locally (bench/make_model.py); nothing is downloaded.
 Each figure is the median of --rounds interleaved repeats (noregret and its peer alternate), each
-repeat itself a median of --runs timed runs after a warm-up. Results: the Markdown tables on
-stdout, raw JSON lines (with every round's figure) in WORKDIR/results.jsonl. The `floor` part
-times the bare matmuls of each workload (bench/gemm_floor.py): the most any float32
-implementation built on the same matmul could reach.
+repeat itself a median of --runs timed runs after a warm-up; every round starts by measuring the
+matmul ceiling again, and a share of the ceiling is the median of each round's own share.
+Results: the Markdown tables on stdout, raw JSON lines (with every round's figure and ceiling) in
+WORKDIR/results.jsonl. The `floor` part times the bare matmuls of each workload
+(bench/gemm_floor.py): the most any float32 implementation built on the same matmul could reach.
 """
 import argparse
 import json
@@ -39,14 +40,25 @@ def peer(threads, *args):
     return run([PY, os.path.join(HERE, "peer.py"), "--threads", str(threads), *args])
 
 
-def rounds(n, *commands):
+def measure_ceiling(threads):
+    return max(r["gflops"] for r in peer(threads, "ceiling"))
+
+
+CEILINGS = []  # every ceiling measured in this run, for the report's header
+
+
+def rounds(n, threads, *commands):
     """Run each command n times, interleaved (A B A B ...), so that a noisy neighbour hits all
-    sides alike; return, per command, one row per configuration holding the median round
-    (by tok/s) with every round's tok/s kept in `rounds_tok_per_s`."""
+    sides alike, with the matmul ceiling measured again at the start of every round: this VM's
+    speed drifts by ±10 % over minutes, so each figure is held against the ceiling of its own
+    round. Returns, per command, one row per configuration holding the median round (by tok/s),
+    with every round's tok/s in `rounds_tok_per_s` and its ceiling in `rounds_ceiling`."""
     results = [[] for _ in commands]
     for _ in range(n):
+        ceiling = measure_ceiling(threads)
+        CEILINGS.append(ceiling)
         for i, command in enumerate(commands):
-            results[i].append(command())
+            results[i].append([dict(row, ceiling=ceiling) for row in command()])
     merged = []
     for per_round in results:
         rows = []
@@ -54,9 +66,16 @@ def rounds(n, *commands):
             ranked = sorted(config_rows, key=lambda r: r["tok_per_s"])
             row = dict(ranked[len(ranked) // 2])
             row["rounds_tok_per_s"] = [round(r["tok_per_s"], 1) for r in config_rows]
+            row["rounds_ceiling"] = [round(r["ceiling"], 1) for r in config_rows]
             rows.append(row)
         merged.append(rows)
     return merged
+
+
+def share(row, gflops_per_tok_per_s):
+    """Median over the rounds of (round's GFLOP/s / that round's ceiling), in %."""
+    shares = sorted(t * gflops_per_tok_per_s / c for t, c in zip(row["rounds_tok_per_s"], row["rounds_ceiling"]))
+    return 100 * shares[len(shares) // 2]
 
 
 def main():
@@ -75,22 +94,19 @@ def main():
             subprocess.run([PY, os.path.join(HERE, "make_model.py"), "--out", models[preset], "--preset", preset], check=True,
                            capture_output=True)
     rows = []
-    ceiling = max(r["gflops"] for r in peer(th, "ceiling"))
-    print(f"matmul ceiling (float32 mm, {th} threads): {ceiling:.0f} GFLOP/s\n")
 
     if "generate" in parts:
         print("### Generation: small preset, prompt 32, 64 new tokens, pure sampling\n")
         print("| batch | noregret tok/s | HF generate tok/s | ratio | noregret GFLOP/s (new tokens) | % of matmul ceiling | incl. prefill | HF: % of ceiling / incl. prefill |")
         print("|---|---|---|---|---|---|---|---|")
-        mine, hf = rounds(n, lambda: ours(th, "generate", "--model", models["small"], "--runs", runs),
+        mine, hf = rounds(n, th, lambda: ours(th, "generate", "--model", models["small"], "--runs", runs),
                           lambda: peer(th, "generate", "--model", models["small"], "--runs", runs))
+        per_new_token = 2 * MATMUL_PARAMS["small"] / 1e9  # GFLOP per new token; x1.5 counting the prompt's 32
         for a, b in zip(mine, hf):
-            gf = a["tok_per_s"] * 2 * MATMUL_PARAMS["small"] / 1e9
-            gf_all = gf * (32 + 64) / 64
-            hf_gf = b["tok_per_s"] * 2 * MATMUL_PARAMS["small"] / 1e9
+            gf = a["tok_per_s"] * per_new_token
             print(f"| {a['batch']} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {a['tok_per_s'] / b['tok_per_s']:.2f}x | "
-                  f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {100 * gf_all / ceiling:.0f}% | "
-                  f"{100 * hf_gf / ceiling:.0f}% / {100 * hf_gf * 1.5 / ceiling:.0f}% |")
+                  f"{gf:.0f} | {share(a, per_new_token):.0f}% | {share(a, per_new_token * 1.5):.0f}% | "
+                  f"{share(b, per_new_token):.0f}% / {share(b, per_new_token * 1.5):.0f}% |")
         rows += mine + hf
         print()
 
@@ -99,7 +115,7 @@ def main():
         print("| batch | noregret no adapter | noregret r=2 | slowdown | HF no adapter | peft r=2 | peft slowdown |")
         print("|---|---|---|---|---|---|---|")
         gen = ("generate", "--model", models["small"], "--runs", runs, "--batch", "16,64")
-        base, lora, hf, hf_lora = rounds(n, lambda: ours(th, *gen), lambda: ours(th, *gen, "--lora-rank", "2"),
+        base, lora, hf, hf_lora = rounds(n, th, lambda: ours(th, *gen), lambda: ours(th, *gen, "--lora-rank", "2"),
                                          lambda: peer(th, *gen), lambda: peer(th, *gen, "--lora-rank", "2"))
         for a, b, c, d in zip(base, lora, hf, hf_lora):
             print(f"| {a['batch']} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {100 * (1 - b['tok_per_s'] / a['tok_per_s']):.0f}% | "
@@ -114,13 +130,12 @@ def main():
         for preset in ("tiny", "small"):
             for rank in ("2", "0"):
                 step = ("train-step", "--model", models[preset], "--lora-rank", rank, "--runs", runs)
-                (a,), (b,) = rounds(n, lambda: ours(th, *step), lambda: peer(th, *step))
-                # FLOPs per token: forward 2N + input-gradients 2N (+ weight gradients 2N in full FT).
-                per_token = (4 if rank != "0" else 6) * MATMUL_PARAMS[preset]
-                gf = a["tok_per_s"] * per_token / 1e9
+                (a,), (b,) = rounds(n, th, lambda: ours(th, *step), lambda: peer(th, *step))
+                # GFLOP per token: forward 2N + input-gradients 2N (+ weight gradients 2N in full FT).
+                per_token = (4 if rank != "0" else 6) * MATMUL_PARAMS[preset] / 1e9
                 mode = f"LoRA r={rank}" if rank != "0" else "full FT"
                 print(f"| {preset} | {mode} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | {a['tok_per_s'] / b['tok_per_s']:.2f}x | "
-                      f"{gf:.0f} | {100 * gf / ceiling:.0f}% | {100 * b['tok_per_s'] * per_token / 1e9 / ceiling:.0f}% | "
+                      f"{a['tok_per_s'] * per_token:.0f} | {share(a, per_token):.0f}% | {share(b, per_token):.0f}% | "
                       f"{a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} |")
                 rows += [a, b]
         print()
@@ -130,12 +145,15 @@ def main():
         print("| workload | rows | GFLOP/s | % of ceiling |")
         print("|---|---|---|---|")
         floor = run([PY, os.path.join(HERE, "gemm_floor.py"), "--model", models["small"], "--threads", str(th)])
-        for r in floor:
+        for r in floor:  # against the ceiling gemm_floor measures itself, just before
             if r["bench"] == "gemm_floor":
-                print(f"| {r['workload']} | {r['rows']} | {r['gflops']:.0f} | {100 * r['gflops'] / ceiling:.0f}% |")
+                print(f"| {r['workload']} | {r['rows']} | {r['gflops']:.0f} | {r['pct_of_ceiling']:.0f}% |")
         rows += floor
         print()
 
+    if CEILINGS:
+        print(f"matmul ceiling (float32 mm, {th} threads), measured at the start of each round: "
+              f"{min(CEILINGS):.0f}-{max(CEILINGS):.0f} GFLOP/s\n")
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "results.jsonl"), "w") as f:
         for r in rows:
