@@ -40,13 +40,6 @@ def peer(threads, *args):
     return run([PY, os.path.join(HERE, "peer.py"), "--threads", str(threads), *args])
 
 
-def measure_ceiling(threads):
-    return max(r["gflops"] for r in peer(threads, "ceiling"))
-
-
-CEILINGS = []  # every ceiling measured in this run, for the report's header
-
-
 def rounds(n, threads, *commands):
     """Run each command n times, interleaved (A B A B ...), so that a noisy neighbour hits all
     sides alike, with the matmul ceiling measured again at the start of every round: this VM's
@@ -55,8 +48,7 @@ def rounds(n, threads, *commands):
     with every round's tok/s in `rounds_tok_per_s` and its ceiling in `rounds_ceiling`."""
     results = [[] for _ in commands]
     for _ in range(n):
-        ceiling = measure_ceiling(threads)
-        CEILINGS.append(ceiling)
+        ceiling = max(r["gflops"] for r in peer(threads, "ceiling"))
         for i, command in enumerate(commands):
             results[i].append([dict(row, ceiling=ceiling) for row in command()])
     merged = []
@@ -151,9 +143,10 @@ def main():
         rows += floor
         print()
 
-    if CEILINGS:
+    ceilings = [c for r in rows for c in r.get("rounds_ceiling", [])]
+    if ceilings:
         print(f"matmul ceiling (float32 mm, {th} threads), measured at the start of each round: "
-              f"{min(CEILINGS):.0f}-{max(CEILINGS):.0f} GFLOP/s\n")
+              f"{min(ceilings):.0f}-{max(ceilings):.0f} GFLOP/s\n")
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "results.jsonl"), "w") as f:
         for r in rows:

@@ -31,6 +31,20 @@ NR_INLINE void block_scores(const float* a, const float* xt, int64_t ldt, int64_
   }
 }
 
+// The unnormalised softmax of one score row: p[j] = exp(scale·p[j] − top) for j < n, with
+// top = scale·max(p) (written out); returns Σ p[j].
+NR_INLINE float exp_shifted(float* p, int64_t n, float scale, float& top) {
+  top = max_of(p, n) * scale;
+  const float shift = top;
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] = exp_approx(p[j] * scale - shift);
+    total += p[j];
+  }
+  return total;
+}
+
 // Rows of a tile: as many as keep the tile's accumulators in 16 registers.
 template <int64_t HD>
 constexpr int kTile = 256 / HD;
@@ -79,15 +93,8 @@ struct CachedAttentionArgs {
 template <int G>
 NR_INLINE void softmax_rows(float* s, int64_t ld, int64_t visible, float* inv) {
   for (int g = 0; g < G; ++g) {
-    float* p = s + g * ld;
-    const float top = max_of(p, visible);
-    float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t j = 0; j < visible; ++j) {
-      p[j] = exp_approx(p[j] - top);
-      total += p[j];
-    }
-    inv[g] = 1.0f / total;
+    float top;
+    inv[g] = 1.0f / exp_shifted(s + g * ld, visible, 1.0f, top);
   }
 }
 
@@ -321,13 +328,8 @@ NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64
           const int64_t i = i0 + r, visible = r < rows ? i + 1 : 0;
           float* p = s.data() + r * ldt;
           if (visible > 0) {
-            const float top = max_of(p, visible) * a.scale;
-            float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-            for (int64_t j = 0; j < visible; ++j) {
-              p[j] = exp_approx(p[j] * a.scale - top);
-              total += p[j];
-            }
+            float top;
+            const float total = exp_shifted(p, visible, a.scale, top);
             lse[(b * a.heads + head) * T + i] = top + std::log(total);
             inv_total[r] = 1.0f / total;
           }

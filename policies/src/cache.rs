@@ -54,6 +54,27 @@ impl KvCache {
         Ok(())
     }
 
+    /// Layer `layer`'s new keys and values k, v [B, T, kv_heads, hd] at positions 0..T of every
+    /// row (a prefill into empty rows).
+    pub(crate) fn write_from_start(&mut self, layer: usize, k: &Tensor, v: &Tensor) {
+        let t = k.size()[1];
+        self.k[layer].narrow(KEY_POSITIONS, 0, t).copy_(&k.permute([0, 2, 3, 1]));
+        self.v[layer].narrow(VALUE_POSITIONS, 0, t).copy_(&v.transpose(1, 2));
+    }
+
+    /// Layer `layer`'s new keys and values k, v [B, T, kv_heads, hd] at the positions in `index`
+    /// ([B, kv_heads, T, hd]: each token's position, repeated over heads and head dimension).
+    pub(crate) fn scatter(&mut self, layer: usize, index: &Tensor, k: &Tensor, v: &Tensor) {
+        let _ = self.k[layer].scatter_(KEY_POSITIONS, &index.transpose(2, 3), &k.permute([0, 2, 3, 1]));
+        let _ = self.v[layer].scatter_(VALUE_POSITIONS, index, &v.transpose(1, 2));
+    }
+
+    /// Layer `layer`'s first `len` positions: keys [B, kv_heads, hd, len], values [B, kv_heads,
+    /// len, hd] (views).
+    pub(crate) fn prefix(&self, layer: usize, len: i64) -> (Tensor, Tensor) {
+        (self.k[layer].narrow(KEY_POSITIONS, 0, len), self.v[layer].narrow(VALUE_POSITIONS, 0, len))
+    }
+
     /// Every cached tensor with the axis that holds its positions.
     fn tensors_mut(&mut self) -> impl Iterator<Item = (&mut Tensor, i64)> {
         self.k.iter_mut().map(|t| (t, KEY_POSITIONS)).chain(self.v.iter_mut().map(|t| (t, VALUE_POSITIONS)))

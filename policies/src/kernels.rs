@@ -148,7 +148,8 @@ pub fn rope_causal_attention(qkv: &Tensor, heads: i64, kv_heads: i64, cos: &Tens
 
 /// Rotate q [B, T, heads, hd] and k [B, T, kv_heads, hd], write k and v at positions
 /// lens[b]..lens[b]+T of the caches (keys as columns [B, kv_heads, hd, ≥ capacity rounded up to
-/// 16], values [B, kv_heads, capacity, hd]), and attend causally over each row's cache. Returns [B·T, heads·hd]. Not differentiable (sampling only).
+/// 16], values [B, kv_heads, capacity, hd]), and attend causally over each row's cache. Returns
+/// [B·T, heads·hd]. Not differentiable (sampling only).
 #[allow(clippy::too_many_arguments)]
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, signed_sin: &Tensor,
                         k_cache: &mut Tensor, v_cache: &mut Tensor, lens: &Tensor) -> Tensor {

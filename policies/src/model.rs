@@ -344,8 +344,7 @@ impl Model {
                 // values go into the cache.
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
                 let out = kernels::causal_attention(&qk[0], &qk[1], &v);
-                cache.k[i].narrow(3, 0, t).copy_(&qk[1].permute([0, 2, 3, 1]));
-                cache.v[i].narrow(2, 0, t).copy_(&v.transpose(1, 2));
+                cache.write_from_start(i, &qk[1], &v);
                 out
             }
             Attention::FusedCached { cache, lens, .. } => {
@@ -366,10 +365,8 @@ impl Model {
             Attention::Cached { cache, write_index, bias, kv_len } => {
                 let qk = rope::apply(&qk, cos, sin).split_with_sizes([nh, nkv], 2);
                 let (q, k) = (&qk[0], &qk[1]);
-                let (ck, cv) = (&mut cache.k[i], &mut cache.v[i]);
-                let _ = ck.scatter_(3, &write_index.transpose(2, 3), &k.permute([0, 2, 3, 1]));
-                let _ = cv.scatter_(2, write_index, &v.transpose(1, 2));
-                let (keys, values) = (ck.narrow(3, 0, *kv_len), cv.narrow(2, 0, *kv_len));
+                cache.scatter(i, write_index, k, &v);
+                let (keys, values) = cache.prefix(i, *kv_len);
                 grouped_attention(q, &keys, &values, bias, nkv)
             }
         }
@@ -506,9 +503,9 @@ impl Model {
 }
 
 /// Attention of queries q [B, T, heads, hd] over cached keys [B, kv_heads, hd, L] (columns) and
-/// values [B, kv_heads, L, hd], with
-/// the query heads that share a kv head batched together (no copies of K and V per head). `bias`
-/// is [B·kv_heads, T·group, L]: scores, scale and mask are one `baddbmm`. Returns [B·T, heads·hd].
+/// values [B, kv_heads, L, hd], with the query heads that share a kv head batched together (no
+/// copies of K and V per head). `bias` is [B·kv_heads, T·group, L]: scores, scale and mask are one
+/// `baddbmm`. Returns [B·T, heads·hd].
 fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor, kv_heads: i64) -> Tensor {
     let size = q.size();
     let (b, t, heads, hd) = (size[0], size[1], size[2], size[3]);
