@@ -72,65 +72,134 @@ void add_update(at::Tensor& y, const at::Tensor& x_in, const at::Tensor& a_t, co
 // trainable, init a residual [M, N], a bias [N] or absent. As separate autograd ops the update's
 // backward reads dy twice (for d(x·a_t) and d b_t), writes its share of dx to a fresh tensor and
 // adds it to the base's dx in another pass. Here dy is read once, and the update's dx is added
-// into the base's dx row by row while x is read for d a_t.
+// into the base's dx while x is read for d a_t.
+//
+// A fused group's b_t is block-diagonal (q|k|v: each module's rank columns reach only its own
+// output columns), so the caller lists the blocks that may be non-zero, as (first rank, end rank,
+// first column, end column); the dy pass works inside them only (a third of the work for q|k|v)
+// and b_t's gradient is zero outside them. Both passes take rows four at a time so that each
+// load of b_t, a_t or a gradient accumulator serves four rows.
 
-// Σ_j d[j]·b[j], and g[j] += w·d[j] on the way, over n floats: one read of d for both. Four
-// accumulators, so the sum is not one FMA latency chain.
-NR_INLINE float dot_and_axpy(const float* d, const float* b, float* g, float w, int64_t n) {
-  v16 a0 = v16{}, a1 = v16{}, a2 = v16{}, a3 = v16{};
-  int64_t j = 0;
-  for (; j + 64 <= n; j += 64) {
-    const v16 d0 = load16(d + j), d1 = load16(d + j + 16), d2 = load16(d + j + 32), d3 = load16(d + j + 48);
-    a0 += d0 * load16(b + j);
-    a1 += d1 * load16(b + j + 16);
-    a2 += d2 * load16(b + j + 32);
-    a3 += d3 * load16(b + j + 48);
-    store16(g + j, load16(g + j) + d0 * w);
-    store16(g + j + 16, load16(g + j + 16) + d1 * w);
-    store16(g + j + 32, load16(g + j + 32) + d2 * w);
-    store16(g + j + 48, load16(g + j + 48) + d3 * w);
+constexpr int kRowBlock = 4;
+
+// Rows m..m+ROWS, ranks r0..r0+RB of one block, columns [c0, c1):
+// gxa[m][r] = dy[m]·b_t[r] and gb[r] += xa[m][r]·dy[m].
+template <int ROWS, int RB>
+NR_INLINE void dy_block(const float* dy, int64_t n, const float* xa, const float* b, float* gxa, float* gb,
+                        int64_t rank, int64_t m, int64_t r0, int64_t c0, int64_t c1) {
+  v16 acc[ROWS][RB];
+  float w[ROWS][RB], tail[ROWS][RB];
+  for (int i = 0; i < ROWS; ++i) {
+    for (int r = 0; r < RB; ++r) {
+      acc[i][r] = v16{};
+      tail[i][r] = 0.0f;
+      w[i][r] = xa[(m + i) * rank + r0 + r];
+    }
   }
-  float acc = horizontal_sum((a0 + a1) + (a2 + a3));
-  for (; j < n; ++j) {
-    acc += d[j] * b[j];
-    g[j] += w * d[j];
+  const float* d0 = dy + m * n;
+  int64_t j = c0;
+  for (; j + 16 <= c1; j += 16) {
+    v16 d[ROWS];
+    for (int i = 0; i < ROWS; ++i) d[i] = load16(d0 + i * n + j);
+    for (int r = 0; r < RB; ++r) {
+      const v16 bv = load16(b + (r0 + r) * n + j);
+      v16 g = load16(gb + (r0 + r) * n + j);
+      for (int i = 0; i < ROWS; ++i) {
+        acc[i][r] += d[i] * bv;
+        g += d[i] * w[i][r];
+      }
+      store16(gb + (r0 + r) * n + j, g);
+    }
   }
-  return acc;
+  for (; j < c1; ++j) {
+    for (int r = 0; r < RB; ++r) {
+      float g = gb[(r0 + r) * n + j];
+      for (int i = 0; i < ROWS; ++i) {
+        tail[i][r] += d0[i * n + j] * b[(r0 + r) * n + j];
+        g += d0[i * n + j] * w[i][r];
+      }
+      gb[(r0 + r) * n + j] = g;
+    }
+  }
+  for (int i = 0; i < ROWS; ++i) {
+    for (int r = 0; r < RB; ++r) gxa[(m + i) * rank + r0 + r] = horizontal_sum(acc[i][r]) + tail[i][r];
+  }
 }
 
-// Rows [begin, end): gxa[m] = dy[m]·b_tᵀ and gb += xa[m]ᵀ·dy[m] (gb [R, N] is this task's own).
-NR_CLONES void lora_dy_rows(const float* dy, const float* xa, const float* b_t, float* gxa, float* gb, int64_t n,
-                            int64_t rank, int64_t begin, int64_t end) {
-  for (int64_t m = begin; m < end; ++m) {
-    for (int64_t r = 0; r < rank; ++r) {
-      gxa[m * rank + r] = dot_and_axpy(dy + m * n, b_t + r * n, gb + r * n, xa[m * rank + r], n);
+template <int ROWS>
+NR_INLINE void dy_rows_in_block(const float* dy, int64_t n, const float* xa, const float* b, float* gxa, float* gb,
+                                int64_t rank, int64_t m, const int64_t* block) {
+  const int64_t c0 = block[2], c1 = block[3];
+  for (int64_t r = block[0]; r < block[1]; r += 4) {
+    switch (std::min<int64_t>(4, block[1] - r)) {
+      case 1: dy_block<ROWS, 1>(dy, n, xa, b, gxa, gb, rank, m, r, c0, c1); break;
+      case 2: dy_block<ROWS, 2>(dy, n, xa, b, gxa, gb, rank, m, r, c0, c1); break;
+      case 3: dy_block<ROWS, 3>(dy, n, xa, b, gxa, gb, rank, m, r, c0, c1); break;
+      default: dy_block<ROWS, 4>(dy, n, xa, b, gxa, gb, rank, m, r, c0, c1); break;
     }
   }
 }
 
-// Rows [begin, end): dx[m] += gxa[m]·a (a = a_tᵀ, [R, K]) when dx is given, and ga += gxa[m]ᵀ·x[m]
-// (ga [R, K] is this task's own).
+// Rows [begin, end) of the dy pass, over every block (gb [R, N] is this task's own).
+NR_CLONES void lora_dy_rows(const float* dy, const float* xa, const float* b_t, const int64_t* blocks,
+                            int64_t num_blocks, float* gxa, float* gb, int64_t n, int64_t rank, int64_t begin,
+                            int64_t end) {
+  int64_t m = begin;
+  for (; m + kRowBlock <= end; m += kRowBlock) {
+    for (int64_t k = 0; k < num_blocks; ++k) dy_rows_in_block<kRowBlock>(dy, n, xa, b_t, gxa, gb, rank, m, blocks + 4 * k);
+  }
+  for (; m < end; ++m) {
+    for (int64_t k = 0; k < num_blocks; ++k) dy_rows_in_block<1>(dy, n, xa, b_t, gxa, gb, rank, m, blocks + 4 * k);
+  }
+}
+
+// Rows m..m+ROWS: dx[m] += gxa[m]·a (a = a_tᵀ, [R, K]) when dx is given, and ga += gxa[m]ᵀ·x[m].
+template <int ROWS>
+NR_INLINE void x_block(const float* x, const float* gxa, const float* a, float* dx, float* ga, int64_t k,
+                       int64_t rank, int64_t m) {
+  const float* x0 = x + m * k;
+  float* dx0 = dx ? dx + m * k : nullptr;
+  const float* g0 = gxa + m * rank;
+  int64_t j = 0;
+  for (; j + 16 <= k; j += 16) {
+    v16 xv[ROWS], dv[ROWS];
+    for (int i = 0; i < ROWS; ++i) {
+      xv[i] = load16(x0 + i * k + j);
+      if (dx0) dv[i] = load16(dx0 + i * k + j);
+    }
+    for (int64_t r = 0; r < rank; ++r) {
+      v16 g = load16(ga + r * k + j);
+      const v16 av = load16(a + r * k + j);
+      for (int i = 0; i < ROWS; ++i) {
+        const float s = g0[i * rank + r];
+        g += xv[i] * s;
+        if (dx0) dv[i] += av * s;
+      }
+      store16(ga + r * k + j, g);
+    }
+    if (dx0) {
+      for (int i = 0; i < ROWS; ++i) store16(dx0 + i * k + j, dv[i]);
+    }
+  }
+  for (; j < k; ++j) {
+    for (int64_t r = 0; r < rank; ++r) {
+      float g = ga[r * k + j];
+      for (int i = 0; i < ROWS; ++i) {
+        const float s = g0[i * rank + r];
+        g += x0[i * k + j] * s;
+        if (dx0) dx0[i * k + j] += a[r * k + j] * s;
+      }
+      ga[r * k + j] = g;
+    }
+  }
+}
+
+// Rows [begin, end) of the x pass (ga [R, K] is this task's own).
 NR_CLONES void lora_x_rows(const float* x, const float* gxa, const float* a, float* dx, float* ga, int64_t k,
                            int64_t rank, int64_t begin, int64_t end) {
-  for (int64_t m = begin; m < end; ++m) {
-    const float* xm = x + m * k;
-    for (int64_t r = 0; r < rank; ++r) {
-      const float g = gxa[m * rank + r];
-      const float* ar = a + r * k;
-      float* gar = ga + r * k;
-      if (dx) {
-        float* dxm = dx + m * k;
-#pragma omp simd
-        for (int64_t j = 0; j < k; ++j) {
-          dxm[j] += g * ar[j];
-          gar[j] += g * xm[j];
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < k; ++j) gar[j] += g * xm[j];
-      }
-    }
-  }
+  int64_t m = begin;
+  for (; m + kRowBlock <= end; m += kRowBlock) x_block<kRowBlock>(x, gxa, a, dx, ga, k, rank, m);
+  for (; m < end; ++m) x_block<1>(x, gxa, a, dx, ga, k, rank, m);
 }
 
 // Run `rows_fn(begin, end, partial)` over rows in parallel, each task accumulating into its own
@@ -141,10 +210,11 @@ at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const 
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + grain - 1) / grain));
   at::Tensor partials = at::zeros({tasks, size}, options);
   float* pp = partials.data_ptr<float>();
-  const int64_t per_task = (rows + tasks - 1) / tasks;
+  // Task boundaries on whole row blocks, so only the last task has a ragged tail.
+  const int64_t per_task = (rows + tasks * kRowBlock - 1) / (tasks * kRowBlock) * kRowBlock;
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
-      rows_fn(t * per_task, std::min(rows, (t + 1) * per_task), pp + t * size);
+      rows_fn(std::min(rows, t * per_task), std::min(rows, (t + 1) * per_task), pp + t * size);
     }
   });
   return partials.sum(0);
@@ -152,7 +222,8 @@ at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const 
 
 struct LinearLora : public torch::autograd::Function<LinearLora> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w,
-                            const at::Tensor& init, const at::Tensor& a_t, const at::Tensor& b_t) {
+                            const at::Tensor& init, const at::Tensor& a_t, const at::Tensor& b_t,
+                            std::vector<int64_t> blocks) {
     const at::Tensor x = x_in.contiguous();
     const bool has_init = init.numel() > 0;  // empty: none (autograd inputs cannot be undefined)
     at::Tensor y = has_init ? at::addmm(init, x, w) : at::mm(x, w);
@@ -162,6 +233,8 @@ struct LinearLora : public torch::autograd::Function<LinearLora> {
     y.addmm_(xa, b_t);
     ctx->save_for_backward({x, w, a_t, b_t, xa});
     ctx->saved_data["init_is_bias"] = has_init && init.dim() == 1;
+    if (blocks.empty()) blocks = {0, a_t.size(1), 0, b_t.size(1)};
+    ctx->saved_data["blocks"] = blocks;
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -174,9 +247,10 @@ struct LinearLora : public torch::autograd::Function<LinearLora> {
     at::Tensor gxa = at::empty({m, rank}, dy.options());
     const float *dyp = dy.data_ptr<float>(), *xap = xa.data_ptr<float>(), *bp = b_c.data_ptr<float>();
     float* gp = gxa.data_ptr<float>();
+    const std::vector<int64_t> blocks = ctx->saved_data["blocks"].toIntVector();
     const int64_t grain = grain_rows(std::max(n, k) * rank);
     at::Tensor gb = parallel_accumulate(m, grain, rank * n, dy.options(), [&](int64_t b, int64_t e, float* part) {
-      lora_dy_rows(dyp, xap, bp, gp, part, n, rank, b, e);
+      lora_dy_rows(dyp, xap, bp, blocks.data(), static_cast<int64_t>(blocks.size() / 4), gp, part, n, rank, b, e);
     });
     const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>();
     float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
@@ -185,7 +259,7 @@ struct LinearLora : public torch::autograd::Function<LinearLora> {
     });
     at::Tensor dinit;
     if (ctx->needs_input_grad(2)) dinit = ctx->saved_data["init_is_bias"].toBool() ? dy.sum(0) : dy;
-    return {dx, at::Tensor(), dinit, ga.view({rank, k}).t(), gb.view({rank, n})};
+    return {dx, at::Tensor(), dinit, ga.view({rank, k}).t(), gb.view({rank, n}), at::Tensor()};
   }
 };
 
@@ -196,11 +270,29 @@ using namespace nr;
 
 extern "C" {
 
-// `init` may be null (no initial value).
+// `init` may be null (no initial value). `blocks`: num_blocks × (first rank, end rank, first
+// column, end column), the parts of b_t that may be non-zero; none: all of it.
 at::Tensor* nr_linear_lora(const at::Tensor* x, const at::Tensor* w, const at::Tensor* init, const at::Tensor* a_t,
-                           const at::Tensor* b_t) {
+                           const at::Tensor* b_t, const int64_t* blocks, int64_t num_blocks) {
   RECORD_FUNCTION("noregret::linear_lora", std::vector<c10::IValue>());
-  return guarded([&] { return LinearLora::apply(*x, *w, init ? *init : at::empty({0}, x->options()), *a_t, *b_t); });
+  return guarded([&] {
+    const int64_t rank = a_t->size(1), n = b_t->size(1);
+    std::vector<int64_t> list(blocks, blocks + 4 * num_blocks);
+    std::vector<bool> covered(rank, false);
+    for (int64_t k = 0; k < num_blocks; ++k) {
+      const int64_t *bk = blocks + 4 * k;
+      TORCH_CHECK(0 <= bk[0] && bk[0] < bk[1] && bk[1] <= rank && 0 <= bk[2] && bk[2] <= bk[3] && bk[3] <= n,
+                  "linear_lora: block ", k, " (", bk[0], ", ", bk[1], ", ", bk[2], ", ", bk[3], ") outside b_t ",
+                  b_t->sizes());
+      for (int64_t r = bk[0]; r < bk[1]; ++r) {
+        TORCH_CHECK(!covered[r], "linear_lora: rank column ", r, " in two blocks");
+        covered[r] = true;
+      }
+    }
+    TORCH_CHECK(num_blocks == 0 || std::all_of(covered.begin(), covered.end(), [](bool c) { return c; }),
+                "linear_lora: blocks do not cover every rank column");
+    return LinearLora::apply(*x, *w, init ? *init : at::empty({0}, x->options()), *a_t, *b_t, list);
+  });
 }
 
 // `mask` may be null (every row uses the adapter). Adds into y and returns it.

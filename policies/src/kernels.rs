@@ -30,7 +30,7 @@ extern "C" {
     fn nr_rope_causal_attention(qkv: *const C_tensor, heads: i64, kv_heads: i64, cos: *const C_tensor,
                                 signed_sin: *const C_tensor) -> *mut C_tensor;
     fn nr_linear_lora(x: *const C_tensor, w: *const C_tensor, init: *const C_tensor, a_t: *const C_tensor,
-                      b_t: *const C_tensor) -> *mut C_tensor;
+                      b_t: *const C_tensor, blocks: *const i64, num_blocks: i64) -> *mut C_tensor;
     fn nr_lora_add(y: *const C_tensor, x: *const C_tensor, a_t: *const C_tensor, b_t: *const C_tensor,
                    mask: *const C_tensor) -> *mut C_tensor;
     fn nr_grad_enabled() -> bool;
@@ -111,9 +111,15 @@ pub const LINEAR_LORA_MAX_RANK: i64 = 32;
 /// `init + x·w + (x·a_t)·b_t` for the learner: w [K, N] frozen, a_t [K, R] and b_t [R, N]
 /// trainable, `init` a residual [M, N], a bias [N] or absent. Differentiable in x, init, a_t,
 /// b_t (not w). Same numbers as the separate ops, with fewer passes over dy and x backward.
-pub fn linear_lora(x: &Tensor, w: &Tensor, init: Option<&Tensor>, a_t: &Tensor, b_t: &Tensor) -> Tensor {
+/// `blocks`: where b_t may be non-zero, as (first rank, end rank, first column, end column), each
+/// rank column in exactly one block (a fused group's block-diagonal B); b_t's gradient is zero
+/// outside them. Empty: all of b_t.
+pub fn linear_lora(x: &Tensor, w: &Tensor, init: Option<&Tensor>, a_t: &Tensor, b_t: &Tensor, blocks: &[[i64; 4]]) -> Tensor {
     let init = init.map_or(std::ptr::null(), |t| t.as_ptr());
-    wrap(unsafe { nr_linear_lora(x.as_ptr(), w.as_ptr(), init, a_t.as_ptr(), b_t.as_ptr()) }, "linear_lora")
+    let out = unsafe {
+        nr_linear_lora(x.as_ptr(), w.as_ptr(), init, a_t.as_ptr(), b_t.as_ptr(), blocks.as_ptr().cast(), blocks.len() as i64)
+    };
+    wrap(out, "linear_lora")
 }
 
 /// Widest adapter update (columns of a group's A) [`lora_add`] serves.

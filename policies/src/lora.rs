@@ -332,6 +332,9 @@ pub struct PackedGroup {
     pub b_t: Tensor,
     /// Which adapter (1-based slot) owns each of the R columns, for building row masks.
     owners: Vec<i64>,
+    /// Where b_t may be non-zero: (first rank, end rank, first column, end column) per module of
+    /// each adapter.
+    pub blocks: Vec<[i64; 4]>,
 }
 
 /// Per layer group and per outer group, [rows, R] 0/1 masks routing rows to their adapter.
@@ -382,11 +385,11 @@ impl LoraRuntime {
         }
     }
 
-    /// The group's (a_t, b_t) when every row uses one adapter and it is being trained: the
-    /// case [`crate::kernels::linear_lora`] serves.
-    pub(crate) fn trainable_group(&self, layer: usize, group: usize) -> Option<(&Tensor, &Tensor)> {
+    /// The group when every row uses one adapter and it is being trained: the case
+    /// [`crate::kernels::linear_lora`] serves.
+    pub(crate) fn trainable_group(&self, layer: usize, group: usize) -> Option<&PackedGroup> {
         let p = self.layers[layer][group].as_ref()?;
-        (self.masks.is_none() && crate::kernels::needs_grad(&[&p.a_t])).then_some((&p.a_t, &p.b_t))
+        (self.masks.is_none() && crate::kernels::needs_grad(&[&p.a_t])).then_some(p)
     }
 
     /// Add the group's low-rank update to `y` (= x·Wᵀ), with x [N, in] and y [N, out], where the
@@ -436,6 +439,7 @@ struct GroupPlan {
     rank: i64,
     fan_out: i64,
     owners: Vec<i64>,
+    blocks: Vec<[i64; 4]>,
 }
 
 /// Turns adapters into a [`LoraRuntime`] with three tensor ops, whatever the number of layers:
@@ -510,7 +514,21 @@ impl LoraPacker {
                 }
             }
             let owners = cols.iter().map(|&(k, _, _)| k as i64 + 1).collect();
-            Some(GroupPlan { part, fan_in, rank, fan_out, owners })
+            // A block per (adapter, module): its rank columns are consecutive, and so are its
+            // output columns.
+            let mut blocks: Vec<[i64; 4]> = Vec::new();
+            for (c, &(k, slot, _)) in cols.iter().enumerate() {
+                let continues = c > 0 && cols[c - 1].0 == k && cols[c - 1].1.module == slot.module;
+                match blocks.last_mut() {
+                    Some(block) if continues => block[1] += 1,
+                    _ => {
+                        let start: i64 = outs.iter().take_while(|(m, _)| *m != slot.module).map(|(_, o)| o).sum();
+                        let width = slot.module.shape(cfg).1;
+                        blocks.push([c as i64, c as i64 + 1, start, start + width]);
+                    }
+                }
+            }
+            Some(GroupPlan { part, fan_in, rank, fan_out, owners, blocks })
         };
         let layers = (0..cfg.num_layers as usize)
             .map(|i| {
@@ -550,6 +568,7 @@ impl LoraPacker {
             a_t: parts[p.part].view([p.fan_in, p.rank]),
             b_t: parts[p.part + 1].view([p.rank, p.fan_out]),
             owners: p.owners.clone(),
+            blocks: p.blocks.clone(),
         };
         Ok(LoraRuntime {
             layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(group))).collect(),
@@ -565,7 +584,12 @@ impl LoraRuntime {
     pub fn select_rows(&self, rows: &[usize]) -> LoraRuntime {
         let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
         let pick = |m: &Tensor| m.index_select(0, &index.to_device(m.device()));
-        let share = |g: &PackedGroup| PackedGroup { a_t: g.a_t.shallow_clone(), b_t: g.b_t.shallow_clone(), owners: g.owners.clone() };
+        let share = |g: &PackedGroup| PackedGroup {
+            a_t: g.a_t.shallow_clone(),
+            b_t: g.b_t.shallow_clone(),
+            owners: g.owners.clone(),
+            blocks: g.blocks.clone(),
+        };
         LoraRuntime {
             layers: self.layers.iter().map(|gs| gs.each_ref().map(|g| g.as_ref().map(share))).collect(),
             outer: self.outer.each_ref().map(|g| g.as_ref().map(share)),

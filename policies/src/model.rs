@@ -276,9 +276,9 @@ impl Model {
                 (None, bias) => bias.map(Tensor::shallow_clone),
             };
             // Training an adapter: base product and update in one op with a leaner backward.
-            if let Some((a_t, b_t)) = lora.and_then(|l| l.trainable_group(i, group)) {
-                if kernels::applies(x) && !w.requires_grad() && a_t.size()[1] <= kernels::LINEAR_LORA_MAX_RANK {
-                    return kernels::linear_lora(x, w, init.as_ref(), a_t, b_t);
+            if let Some(g) = lora.and_then(|l| l.trainable_group(i, group)) {
+                if kernels::applies(x) && !w.requires_grad() && g.a_t.size()[1] <= kernels::LINEAR_LORA_MAX_RANK {
+                    return kernels::linear_lora(x, w, init.as_ref(), &g.a_t, &g.b_t, &g.blocks);
                 }
             }
             let y = match (self.packed_for(x), init) {

@@ -157,20 +157,29 @@ fn causal_attention_matches_sdpa_values_and_gradients() {
 }
 
 /// The learner's fused linear + LoRA against the separate ops it replaces: values and the
-/// gradients of x, the residual or bias it starts from, A and B; widths 1 and 6.
+/// gradients of x, the residual or bias it starts from, A and B; widths 1 and 6, and a
+/// block-diagonal B of three blocks (ranks 2, 1, 3 over ragged column ranges), whose gradient
+/// must match inside the blocks and be zero outside.
 #[test]
 fn linear_lora_matches_eager_values_and_gradients() {
     tch::manual_seed(3);
-    let (m, k, n) = (37, 48, 80);
+    // Enough rows for two parallel tasks, and a ragged last row block.
+    let (m, k, n) = (141, 48, 80);
     let w = Tensor::randn([k, n], (Kind::Float, tch::Device::Cpu)) * 0.2;
-    for rank in [1, 6] {
+    let three_blocks: &[[i64; 4]] = &[[0, 2, 0, 30], [2, 3, 30, 50], [3, 6, 50, 80]];
+    for (rank, blocks) in [(1, &[][..]), (6, &[][..]), (6, three_blocks)] {
+        let inside = Tensor::zeros([rank, n], (Kind::Float, tch::Device::Cpu));
+        for &[r0, r1, c0, c1] in blocks {
+            let _ = inside.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0).fill_(1.0);
+        }
+        let inside = if blocks.is_empty() { inside.ones_like() } else { inside };
         let x = randn(&[m, k], 1.0);
         let a_t = randn(&[k, rank], 0.3);
-        let b_t = randn(&[rank, n], 0.3);
+        let b_t = (randn(&[rank, n], 0.3) * &inside).detach().set_requires_grad(true);
         let residual = randn(&[m, n], 1.0);
         let bias = randn(&[n], 1.0);
         for (what, init) in [("no init", None), ("residual", Some(&residual)), ("bias", Some(&bias))] {
-            let fused = || kernels::linear_lora(&x, &w, init, &a_t, &b_t);
+            let fused = || kernels::linear_lora(&x, &w, init, &a_t, &b_t, blocks);
             let eager = || {
                 let y = match init {
                     Some(i) => i.addmm(&x, &w),
@@ -181,12 +190,17 @@ fn linear_lora_matches_eager_values_and_gradients() {
             let mut inputs = vec![&x, &a_t, &b_t];
             inputs.extend(init);
             let upstream = Tensor::arange(m * n, (Kind::Float, tch::Device::Cpu)).sin().view([m, n]);
-            let run = |f: &dyn Fn() -> Tensor| {
+            let run = |f: &dyn Fn() -> Tensor, mask_b: bool| {
                 let y = f();
                 let loss = (y.shallow_clone() * &upstream).sum(Kind::Float);
-                (y.detach(), Tensor::run_backward(&[loss], &inputs, false, false))
+                let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
+                if mask_b {
+                    grads[2] = &grads[2] * &inside;
+                }
+                (y.detach(), grads)
             };
-            assert_same(&format!("linear_lora rank {rank}, {what}"), [run(&fused), run(&eager)], 1e-4);
+            let what = format!("linear_lora rank {rank}, {} blocks, {what}", blocks.len());
+            assert_same(&what, [run(&fused, false), run(&eager, true)], 1e-4);
         }
     }
 }
