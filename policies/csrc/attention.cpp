@@ -260,7 +260,8 @@ struct CausalGrads {
 // Ask for n rows of HD floats, `stride` floats apart, to be brought into L2 ahead of use (for
 // writing: fetched for ownership). The rows of one head lie a few KB apart in q|k|v, out and
 // their gradients, beyond what the hardware prefetcher follows; without this, the first touch
-// of each query row was a third of the backward pass.
+// of each query row stalled a fifth of the backward pass. Asked one block ahead: a whole head at
+// once overran the core's queue of outstanding misses.
 template <int64_t HD>
 NR_INLINE void prefetch_rows(const float* x, int64_t stride, int64_t n, bool write) {
   for (int64_t j = 0; j < n; ++j) {
@@ -274,10 +275,17 @@ NR_INLINE void prefetch_rows(const float* x, int64_t stride, int64_t n, bool wri
   }
 }
 
-// The (task, group member) after (task, g) in a task range ending at `end`, or false at the end.
-NR_INLINE bool next_head(int64_t task, int64_t g, int64_t group, int64_t end, int64_t& next_task, int64_t& next_g) {
+// The query block after block i0 of (task, group member g), in a task range ending at `end`:
+// false past its end.
+NR_INLINE bool next_block(int64_t task, int64_t g, int64_t i0, int64_t group, int64_t t_len, int64_t end,
+                          int64_t& next_task, int64_t& next_g, int64_t& next_i0) {
+  if (i0 + kBlock < t_len) {
+    next_task = task, next_g = g, next_i0 = i0 + kBlock;
+    return true;
+  }
   next_task = g + 1 < group ? task : task + 1;
   next_g = g + 1 < group ? g + 1 : 0;
+  next_i0 = 0;
   return next_task < end;
 }
 
@@ -293,14 +301,46 @@ NR_INLINE void load_row(const CausalArgs& a, const float* x, int64_t b, int64_t 
   rotate_into(x, a.cos + row * HD, transpose ? s + HD / 2 : s, transpose ? s : s + HD / 2, 1.0f, out, HD);
 }
 
-// Rows x_j = x + j·stride (j < n) transposed into xt [HD, ldt], zero-padded to ldt.
-template <int64_t HD>
-NR_INLINE void transpose_rows(const float* x, int64_t stride, int64_t n, float* xt, int64_t ldt) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float* row = x + j * stride;
-    for (int64_t e = 0; e < HD; ++e) xt[e * ldt + j] = row[e];
+// One stage of a 16×16 transpose: rows i and i + H swap their off-diagonal H-wide column blocks
+// (after the stages H = 8, 4, 2, 1 every block is transposed). Shuffles, not 256 scalar moves.
+#define NR_SWAP_LO(H) \
+  NR_SHUF(0, H), NR_SHUF(1, H), NR_SHUF(2, H), NR_SHUF(3, H), NR_SHUF(4, H), NR_SHUF(5, H), NR_SHUF(6, H), \
+      NR_SHUF(7, H), NR_SHUF(8, H), NR_SHUF(9, H), NR_SHUF(10, H), NR_SHUF(11, H), NR_SHUF(12, H), NR_SHUF(13, H), \
+      NR_SHUF(14, H), NR_SHUF(15, H)
+#define NR_SWAP_HI(H) \
+  NR_SHUF_HI(0, H), NR_SHUF_HI(1, H), NR_SHUF_HI(2, H), NR_SHUF_HI(3, H), NR_SHUF_HI(4, H), NR_SHUF_HI(5, H), \
+      NR_SHUF_HI(6, H), NR_SHUF_HI(7, H), NR_SHUF_HI(8, H), NR_SHUF_HI(9, H), NR_SHUF_HI(10, H), NR_SHUF_HI(11, H), \
+      NR_SHUF_HI(12, H), NR_SHUF_HI(13, H), NR_SHUF_HI(14, H), NR_SHUF_HI(15, H)
+// Lane k of the new row i: its own lane k, or row i + H's lane k − H; of the new row i + H: row
+// i's lane k + H, or its own lane k (indices 16..31 name the second operand's lanes).
+#define NR_SHUF(K, H) (((K) & (H)) ? 16 + (K) - (H) : (K))
+#define NR_SHUF_HI(K, H) (((K) & (H)) ? 16 + (K) : (K) + (H))
+
+template <int H>
+NR_INLINE void transpose_stage(v16 (&r)[16]) {
+  for (int i = 0; i < 16; ++i) {
+    if (i & H) continue;
+    const v16 lo = __builtin_shufflevector(r[i], r[i + H], NR_SWAP_LO(H));
+    const v16 hi = __builtin_shufflevector(r[i], r[i + H], NR_SWAP_HI(H));
+    r[i] = lo;
+    r[i + H] = hi;
   }
-  for (int64_t e = 0; e < HD; ++e) std::fill(xt + e * ldt + n, xt + (e + 1) * ldt, 0.0f);
+}
+
+// x [ldt, HD] (rows contiguous, ldt a multiple of 16) transposed into xt [HD, ldt].
+template <int64_t HD>
+NR_INLINE void transpose_rows(const float* x, int64_t ldt, float* xt) {
+  for (int64_t j0 = 0; j0 < ldt; j0 += 16) {
+    for (int64_t e0 = 0; e0 < HD; e0 += 16) {
+      v16 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = load16(x + (j0 + i) * HD + e0);
+      transpose_stage<8>(r);
+      transpose_stage<4>(r);
+      transpose_stage<2>(r);
+      transpose_stage<1>(r);
+      for (int i = 0; i < 16; ++i) store16(xt + (e0 + i) * ldt + j0, r[i]);
+    }
+  }
 }
 
 // One task's keys (rotated) and values into kr, vr [ldt, HD] (rows past T zero) and the keys
@@ -321,7 +361,7 @@ NR_INLINE void task_keys_values(const CausalArgs& a, int64_t b, int64_t h, float
   }
   std::fill(kr + a.t_len * HD, kr + ldt * HD, 0.0f);
   std::fill(vr + a.t_len * HD, vr + ldt * HD, 0.0f);
-  transpose_rows<HD>(kr, HD, a.t_len, kt, ldt);
+  transpose_rows<HD>(kr, ldt, kt);
 }
 
 // The block's query rows (rotated) into qb [kBlock, HD]; rows past the end are zero.
@@ -344,14 +384,14 @@ NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64
     task_keys_values<HD>(a, b, h, kr.data(), vr.data(), kt.data(), ldt);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = h * group + g;
-      int64_t nt, ng;
-      if (next_head(task, g, group, end, nt, ng)) {
-        const int64_t nb = nt / a.kv_heads, nhead = (nt % a.kv_heads) * group + ng;
-        prefetch_rows<HD>(a.q + nb * a.qs[0] + nhead * a.qs[2], a.qs[1], T, false);
-        prefetch_rows<HD>(out + (nb * T * a.heads + nhead) * HD, a.heads * HD, T, true);
-      }
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
+        int64_t nt, ng, ni;
+        if (next_block(task, g, i0, group, T, end, nt, ng, ni)) {
+          const int64_t nb = nt / a.kv_heads, nhead = (nt % a.kv_heads) * group + ng, nrows = std::min(kBlock, T - ni);
+          prefetch_rows<HD>(a.q + nb * a.qs[0] + ni * a.qs[1] + nhead * a.qs[2], a.qs[1], nrows, false);
+          prefetch_rows<HD>(out + ((nb * T + ni) * a.heads + nhead) * HD, a.heads * HD, nrows, true);
+        }
         block_queries<HD>(a, b, head, i0, rows, qb.data());
         block_scores<HD, kBlock>(qb.data(), kt.data(), ldt, npad, s.data(), ldt);
         for (int64_t r = 0; r < kBlock; ++r) {
@@ -390,21 +430,22 @@ NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const floa
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / KV, h = task % KV;
     task_keys_values<HD>(a, b, h, kr.data(), vr.data(), kt.data(), ldt);
-    transpose_rows<HD>(vr.data(), HD, T, vt.data(), ldt);
+    transpose_rows<HD>(vr.data(), ldt, vt.data());
     std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
     std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = h * group + g;
-      int64_t nt, ng;
-      if (next_head(task, g, group, end, nt, ng)) {
-        const int64_t nb = nt / KV, nhead = (nt % KV) * group + ng, at = (nb * T * H + nhead) * HD;
-        prefetch_rows<HD>(a.q + nb * a.qs[0] + nhead * a.qs[2], a.qs[1], T, false);
-        prefetch_rows<HD>(out + at, H * HD, T, false);
-        prefetch_rows<HD>(dout + at, H * HD, T, false);
-        prefetch_rows<HD>(d.dq + nb * d.qs[0] + nhead * d.qs[2], d.qs[1], T, true);
-      }
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
+        int64_t nt, ng, ni;
+        if (next_block(task, g, i0, group, T, end, nt, ng, ni)) {
+          const int64_t nb = nt / KV, nhead = (nt % KV) * group + ng, nrows = std::min(kBlock, T - ni),
+                        at = ((nb * T + ni) * H + nhead) * HD;
+          prefetch_rows<HD>(a.q + nb * a.qs[0] + ni * a.qs[1] + nhead * a.qs[2], a.qs[1], nrows, false);
+          prefetch_rows<HD>(out + at, H * HD, nrows, false);
+          prefetch_rows<HD>(dout + at, H * HD, nrows, false);
+          prefetch_rows<HD>(d.dq + nb * d.qs[0] + ni * d.qs[1] + nhead * d.qs[2], d.qs[1], nrows, true);
+        }
         block_queries<HD>(a, b, head, i0, rows, qb.data());
         // The block's output gradients, and D_i = dO_i·O_i (softmax's backward needs it per row).
         for (int64_t r = 0; r < rows; ++r) {
