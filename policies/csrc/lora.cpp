@@ -100,7 +100,10 @@ NR_INLINE void dy_block(const float* dy, int64_t n, const float* xa, const float
   int64_t j = c0;
   for (; j + 16 <= c1; j += 16) {
     v16 d[ROWS];
-    for (int i = 0; i < ROWS; ++i) d[i] = load16(d0 + i * n + j);
+    for (int i = 0; i < ROWS; ++i) {
+      d[i] = load16(d0 + i * n + j);
+      __builtin_prefetch(d0 + (ROWS + i) * n + j);  // the next rows' same columns (see x_block)
+    }
     for (int r = 0; r < RB; ++r) {
       const v16 bv = load16(b + (r0 + r) * n + j);
       v16 g = load16(gb + (r0 + r) * n + j);
@@ -166,6 +169,10 @@ NR_INLINE void x_block(const float* x, const float* gxa, const float* a, float* 
     for (int i = 0; i < ROWS; ++i) {
       xv[i] = load16(x0 + i * k + j);
       if (dx0) dv[i] = load16(dx0 + i * k + j);
+      // The next rows' same columns: four rows read side by side are four short streams, which
+      // the hardware prefetcher picks up too late (loads were over half of this pass).
+      __builtin_prefetch(x0 + (ROWS + i) * k + j);
+      if (dx0) __builtin_prefetch(dx0 + (ROWS + i) * k + j, 1);
     }
     for (int64_t r = 0; r < rank; ++r) {
       v16 g = load16(ga + r * k + j);
