@@ -299,8 +299,9 @@ impl Model {
         let one_kernel = matches!(attention, Attention::Causal) && layer.q_norm.is_none()
             && kernels::applies(&qkv) && kernels::causal_attention_fits(hd);
         let attn = if one_kernel {
-            // No rotated copy of q and k, and one gradient for qkv.
-            kernels::rope_causal_attention(&qkv, nh, nkv, cos, sin)
+            // No rotated copy of q and k, and one gradient for qkv. Every row is at positions
+            // 0..T, so the first row's tables serve them all (less table to read per query row).
+            kernels::rope_causal_attention(&qkv, nh, nkv, &cos.narrow(0, 0, t), &sin.narrow(0, 0, t))
         } else {
             self.attend(i, layer, &qkv, cos, sin, attention)
         };

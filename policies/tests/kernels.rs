@@ -153,6 +153,14 @@ fn causal_attention_matches_sdpa_values_and_gradients() {
             out.transpose(1, 2).reshape([b * t, heads * hd])
         };
         assert_same(&format!("rope + {what}"), [run(&rotated), run(&rotate_then_sdpa)], 2e-5);
+
+        // Tables with one row per position, shared by every batch row, against the same rows
+        // repeated for each batch row.
+        let (cos_t, sin_t) = (cos.narrow(0, 0, t), sin.narrow(0, 0, t));
+        let (cos_bt, sin_bt) = (cos_t.repeat([b, 1]), sin_t.repeat([b, 1]));
+        let shared = || kernels::rope_causal_attention(&qkv, heads, kv_heads, &cos_t, &sin_t);
+        let per_row = || kernels::rope_causal_attention(&qkv, heads, kv_heads, &cos_bt, &sin_bt);
+        assert_same(&format!("shared tables, {what}"), [run(&shared), run(&per_row)], 1e-6);
     }
 }
 
@@ -306,8 +314,9 @@ fn timing_probe() {
     // The small preset's learner step: 16 rows of 96 tokens, 8 query heads over 4 kv heads of 64.
     let (b, t, heads, kv_heads, hd) = (16, 96, 8, 4, 64);
     let qkv = Tensor::randn([b, t, heads + 2 * kv_heads, hd], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-    let cos = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu));
-    let sin = Tensor::rand([b * t, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
+    // One table row per position, as the model passes them for fresh sequences.
+    let cos = Tensor::rand([t, hd], (Kind::Float, tch::Device::Cpu));
+    let sin = Tensor::rand([t, hd], (Kind::Float, tch::Device::Cpu)) - 0.5;
     let upstream = Tensor::randn([b * t, heads * hd], (Kind::Float, tch::Device::Cpu));
     time("rope_causal_attention forward [16, 96, 8/4 heads, 64]", &|| {
         tch::no_grad(|| kernels::rope_causal_attention(&qkv, heads, kv_heads, &cos, &sin))
