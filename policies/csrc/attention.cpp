@@ -276,18 +276,24 @@ NR_INLINE void prefetch_rows(const float* x, int64_t stride, int64_t n, bool wri
   }
 }
 
-// The query block after block i0 of (task, group member g), in a task range ending at `end`:
-// false past its end.
-NR_INLINE bool next_block(int64_t task, int64_t g, int64_t i0, int64_t group, int64_t t_len, int64_t end,
-                          int64_t& next_task, int64_t& next_g, int64_t& next_i0) {
-  if (i0 + kBlock < t_len) {
-    next_task = task, next_g = g, next_i0 = i0 + kBlock;
-    return true;
+// Where the query block after block i0 of (task, group member g) lies, in a task range ending
+// at `end` (for prefetching its rows).
+struct NextBlock {
+  bool exists;
+  int64_t b, head, i0, rows;
+};
+
+NR_INLINE NextBlock next_block(const CausalArgs& a, int64_t task, int64_t g, int64_t i0, int64_t end) {
+  const int64_t group = a.heads / a.kv_heads;
+  int64_t t = task;
+  if (i0 + kBlock < a.t_len) {
+    i0 += kBlock;
+  } else {
+    i0 = 0;
+    g = g + 1 < group ? g + 1 : 0;
+    t = g == 0 ? task + 1 : task;
   }
-  next_task = g + 1 < group ? task : task + 1;
-  next_g = g + 1 < group ? g + 1 : 0;
-  next_i0 = 0;
-  return next_task < end;
+  return {t < end, t / a.kv_heads, (t % a.kv_heads) * group + g, i0, std::min(kBlock, a.t_len - i0)};
 }
 
 // Row `pos` of batch row b, rotated when the args carry tables (inverse rotation: transpose).
@@ -387,11 +393,9 @@ NR_INLINE void causal_forward(const CausalArgs& a, float* out, float* lse, int64
       const int64_t head = h * group + g;
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
-        int64_t nt, ng, ni;
-        if (next_block(task, g, i0, group, T, end, nt, ng, ni)) {
-          const int64_t nb = nt / a.kv_heads, nhead = (nt % a.kv_heads) * group + ng, nrows = std::min(kBlock, T - ni);
-          prefetch_rows<HD>(a.q + nb * a.qs[0] + ni * a.qs[1] + nhead * a.qs[2], a.qs[1], nrows, false);
-          prefetch_rows<HD>(out + ((nb * T + ni) * a.heads + nhead) * HD, a.heads * HD, nrows, true);
+        if (const NextBlock nx = next_block(a, task, g, i0, end); nx.exists) {
+          prefetch_rows<HD>(a.q + nx.b * a.qs[0] + nx.i0 * a.qs[1] + nx.head * a.qs[2], a.qs[1], nx.rows, false);
+          prefetch_rows<HD>(out + ((nx.b * T + nx.i0) * a.heads + nx.head) * HD, a.heads * HD, nx.rows, true);
         }
         block_queries<HD>(a, b, head, i0, rows, qb.data());
         block_scores<HD, kBlock>(qb.data(), kt.data(), ldt, npad, s.data(), ldt);
@@ -438,14 +442,12 @@ NR_INLINE void causal_backward(const CausalArgs& a, const float* out, const floa
       const int64_t head = h * group + g;
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, T - i0), n = i0 + rows, npad = round_up16(n);
-        int64_t nt, ng, ni;
-        if (next_block(task, g, i0, group, T, end, nt, ng, ni)) {
-          const int64_t nb = nt / KV, nhead = (nt % KV) * group + ng, nrows = std::min(kBlock, T - ni),
-                        at = ((nb * T + ni) * H + nhead) * HD;
-          prefetch_rows<HD>(a.q + nb * a.qs[0] + ni * a.qs[1] + nhead * a.qs[2], a.qs[1], nrows, false);
-          prefetch_rows<HD>(out + at, H * HD, nrows, false);
-          prefetch_rows<HD>(dout + at, H * HD, nrows, false);
-          prefetch_rows<HD>(d.dq + nb * d.qs[0] + ni * d.qs[1] + nhead * d.qs[2], d.qs[1], nrows, true);
+        if (const NextBlock nx = next_block(a, task, g, i0, end); nx.exists) {
+          const int64_t at = ((nx.b * T + nx.i0) * H + nx.head) * HD;
+          prefetch_rows<HD>(a.q + nx.b * a.qs[0] + nx.i0 * a.qs[1] + nx.head * a.qs[2], a.qs[1], nx.rows, false);
+          prefetch_rows<HD>(out + at, H * HD, nx.rows, false);
+          prefetch_rows<HD>(dout + at, H * HD, nx.rows, false);
+          prefetch_rows<HD>(d.dq + nx.b * d.qs[0] + nx.i0 * d.qs[1] + nx.head * d.qs[2], d.qs[1], nx.rows, true);
         }
         block_queries<HD>(a, b, head, i0, rows, qb.data());
         // The block's output gradients, and D_i = dO_i·O_i (softmax's backward needs it per row).

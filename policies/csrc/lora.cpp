@@ -230,7 +230,7 @@ at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const 
 struct LinearLora : public torch::autograd::Function<LinearLora> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w,
                             const at::Tensor& init, const at::Tensor& a_t, const at::Tensor& b_t,
-                            std::vector<int64_t> blocks) {
+                            std::vector<int64_t> blocks) {  // blocks as checked_blocks gives them
     const at::Tensor x = x_in.contiguous();
     const bool has_init = init.numel() > 0;  // empty: none (autograd inputs cannot be undefined)
     at::Tensor y = has_init ? at::addmm(init, x, w) : at::mm(x, w);
@@ -240,8 +240,7 @@ struct LinearLora : public torch::autograd::Function<LinearLora> {
     y.addmm_(xa, b_t);
     ctx->save_for_backward({x, w, a_t, b_t, xa});
     ctx->saved_data["init_is_bias"] = has_init && init.dim() == 1;
-    if (blocks.empty()) blocks = {0, a_t.size(1), 0, b_t.size(1)};
-    ctx->saved_data["blocks"] = blocks;
+    ctx->saved_data["blocks"] = std::move(blocks);
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -270,6 +269,28 @@ struct LinearLora : public torch::autograd::Function<LinearLora> {
   }
 };
 
+// The blocks as a list, checked: each rank column of a_t [K, R] in exactly one block, all inside
+// b_t [R, N]. None given: one block, all of b_t.
+std::vector<int64_t> checked_blocks(const int64_t* blocks, int64_t num_blocks, const at::Tensor& a_t,
+                                    const at::Tensor& b_t) {
+  const int64_t rank = a_t.size(1), n = b_t.size(1);
+  if (num_blocks == 0) return {0, rank, 0, n};
+  std::vector<bool> covered(rank, false);
+  for (int64_t k = 0; k < num_blocks; ++k) {
+    const int64_t* bk = blocks + 4 * k;
+    TORCH_CHECK(0 <= bk[0] && bk[0] < bk[1] && bk[1] <= rank && 0 <= bk[2] && bk[2] <= bk[3] && bk[3] <= n,
+                "linear_lora: block ", k, " (", bk[0], ", ", bk[1], ", ", bk[2], ", ", bk[3], ") outside b_t ",
+                b_t.sizes());
+    for (int64_t r = bk[0]; r < bk[1]; ++r) {
+      TORCH_CHECK(!covered[r], "linear_lora: rank column ", r, " in two blocks");
+      covered[r] = true;
+    }
+  }
+  TORCH_CHECK(std::all_of(covered.begin(), covered.end(), [](bool c) { return c; }),
+              "linear_lora: blocks do not cover every rank column");
+  return std::vector<int64_t>(blocks, blocks + 4 * num_blocks);
+}
+
 }  // namespace
 }  // namespace nr
 
@@ -283,22 +304,8 @@ at::Tensor* nr_linear_lora(const at::Tensor* x, const at::Tensor* w, const at::T
                            const at::Tensor* b_t, const int64_t* blocks, int64_t num_blocks) {
   RECORD_FUNCTION("noregret::linear_lora", std::vector<c10::IValue>());
   return guarded([&] {
-    const int64_t rank = a_t->size(1), n = b_t->size(1);
-    std::vector<int64_t> list(blocks, blocks + 4 * num_blocks);
-    std::vector<bool> covered(rank, false);
-    for (int64_t k = 0; k < num_blocks; ++k) {
-      const int64_t *bk = blocks + 4 * k;
-      TORCH_CHECK(0 <= bk[0] && bk[0] < bk[1] && bk[1] <= rank && 0 <= bk[2] && bk[2] <= bk[3] && bk[3] <= n,
-                  "linear_lora: block ", k, " (", bk[0], ", ", bk[1], ", ", bk[2], ", ", bk[3], ") outside b_t ",
-                  b_t->sizes());
-      for (int64_t r = bk[0]; r < bk[1]; ++r) {
-        TORCH_CHECK(!covered[r], "linear_lora: rank column ", r, " in two blocks");
-        covered[r] = true;
-      }
-    }
-    TORCH_CHECK(num_blocks == 0 || std::all_of(covered.begin(), covered.end(), [](bool c) { return c; }),
-                "linear_lora: blocks do not cover every rank column");
-    return LinearLora::apply(*x, *w, init ? *init : at::empty({0}, x->options()), *a_t, *b_t, list);
+    const at::Tensor none = at::empty({0}, x->options());  // autograd inputs cannot be undefined
+    return LinearLora::apply(*x, *w, init ? *init : none, *a_t, *b_t, checked_blocks(blocks, num_blocks, *a_t, *b_t));
   });
 }
 

@@ -146,7 +146,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 
 /// Rotary embedding and causal attention straight from the fused projection's output
 /// qkv [B, T, heads + 2·kv_heads, hd] (contiguous last axis), with tables cos and signed sin
-/// [B·T, hd], or [T, hd] when every row is at positions 0..T (one table row per position). Returns [B·T, heads·hd]; differentiable in qkv, whose gradient comes back whole.
+/// [B·T, hd], or [T, hd] when every row is at positions 0..T (one table row per position).
+/// Returns [B·T, heads·hd]; differentiable in qkv, whose gradient comes back whole.
 pub fn rope_causal_attention(qkv: &Tensor, heads: i64, kv_heads: i64, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let out = unsafe { nr_rope_causal_attention(qkv.as_ptr(), heads, kv_heads, cos.as_ptr(), signed_sin.as_ptr()) };
     wrap(out, "rope + causal attention")
