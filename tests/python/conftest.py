@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import pytest
+from transformers import PreTrainedTokenizerFast
 
 from checkpoints import SPECS, make_checkpoint
 
@@ -16,6 +17,14 @@ def noregret(*args, stdin: str = "", check: bool = True) -> subprocess.Completed
     if check and proc.returncode != 0:
         raise AssertionError(f"noregret {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def reference_tokenizer(path):
+    """tokenizer.json as written (AutoTokenizer would swap in a model-specific class for qwen2)."""
+    with open(f"{path}/tokenizer_config.json") as f:
+        template = json.load(f).get("chat_template")
+    return PreTrainedTokenizerFast(tokenizer_file=f"{path}/tokenizer.json", bos_token="<bos>", eos_token="<eos>",
+                                   chat_template=template)
 
 
 def json_lines(text: str):

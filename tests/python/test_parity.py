@@ -3,20 +3,11 @@ import json
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
 
 from checkpoints import SPECS
-from conftest import json_lines, noregret
+from conftest import json_lines, noregret, reference_tokenizer
 
 TOL = 1e-4
-
-
-def reference_tokenizer(path):
-    """tokenizer.json as written (AutoTokenizer would swap in a model-specific class for qwen2)."""
-    with open(f"{path}/tokenizer_config.json") as f:
-        template = json.load(f).get("chat_template")
-    return PreTrainedTokenizerFast(tokenizer_file=f"{path}/tokenizer.json", bos_token="<bos>", eos_token="<eos>",
-                                   chat_template=template)
 
 
 def hf_logprobs(model, seqs):
