@@ -113,6 +113,28 @@ NR_INLINE void rotate_into(const float* x, const float* c, const float* s_lo, co
   }
 }
 
+// Row-blocked passes take rows this many at a time, so each load of a small operand (an adapter
+// factor, a gradient accumulator) serves several rows.
+constexpr int kRowBlock = 4;
+
+// Run `rows_fn(begin, end, partial)` over rows in parallel, each task accumulating into its own
+// zeroed [size] partial; returns the partials' sum.
+template <typename F>
+at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const at::TensorOptions& options,
+                               const F& rows_fn) {
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + grain - 1) / grain));
+  at::Tensor partials = at::zeros({tasks, size}, options);
+  float* pp = partials.data_ptr<float>();
+  // Task boundaries on whole row blocks, so only the last task has a ragged tail.
+  const int64_t per_task = (rows + tasks * kRowBlock - 1) / (tasks * kRowBlock) * kRowBlock;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      rows_fn(std::min(rows, t * per_task), std::min(rows, (t + 1) * per_task), pp + t * size);
+    }
+  });
+  return partials.sum(0);
+}
+
 // Run `f`, turning a C++ exception into a null result and a message for the caller.
 template <typename F>
 at::Tensor* guarded(F f) {

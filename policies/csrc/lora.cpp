@@ -80,8 +80,6 @@ void add_update(at::Tensor& y, const at::Tensor& x_in, const at::Tensor& a_t, co
 // and b_t's gradient is zero outside them. Both passes take rows four at a time so that each
 // load of b_t, a_t or a gradient accumulator serves four rows.
 
-constexpr int kRowBlock = 4;
-
 // Rows m..m+ROWS, ranks r0..r0+RB of one block, columns [c0, c1):
 // gxa[m][r] = dy[m]·b_t[r] and gb[r] += xa[m][r]·dy[m].
 template <int ROWS, int RB>
@@ -209,71 +207,97 @@ NR_CLONES void lora_x_rows(const float* x, const float* gxa, const float* a, flo
   for (; m < end; ++m) x_block<1>(x, gxa, a, dx, ga, k, rank, m);
 }
 
-// Run `rows_fn(begin, end, partial)` over rows in parallel, each task accumulating into its own
-// zeroed [size] partial; returns the partials' sum.
-template <typename F>
-at::Tensor parallel_accumulate(int64_t rows, int64_t grain, int64_t size, const at::TensorOptions& options,
-                               const F& rows_fn) {
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + grain - 1) / grain));
-  at::Tensor partials = at::zeros({tasks, size}, options);
-  float* pp = partials.data_ptr<float>();
-  // Task boundaries on whole row blocks, so only the last task has a ragged tail.
-  const int64_t per_task = (rows + tasks * kRowBlock - 1) / (tasks * kRowBlock) * kRowBlock;
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      rows_fn(std::min(rows, t * per_task), std::min(rows, (t + 1) * per_task), pp + t * size);
-    }
-  });
-  return partials.sum(0);
+// The parts of both learner ops below that do not involve x: y = init + x·w + xa·b_t forward;
+// backward, d init, dx's base part dy·wᵀ, and the dy pass, which gives d xa = dy·b_tᵀ and b_t's
+// gradient xaᵀ·dy.
+at::Tensor base_plus_update(const at::Tensor& x, const at::Tensor& w, const at::Tensor& init, const at::Tensor& xa,
+                            const at::Tensor& b_t) {
+  at::Tensor y = init.numel() > 0 ? at::addmm(init, x, w) : at::mm(x, w);  // empty init: none
+  return y.addmm_(xa, b_t);
 }
 
+struct UpdateGrads {
+  at::Tensor dx, dinit, gxa, gb;  // dx: the base part only; undefined where not asked for
+};
+
+UpdateGrads update_backward(AutogradContext* ctx, const at::Tensor& dy, const at::Tensor& w, const at::Tensor& xa,
+                            const at::Tensor& b_t, int64_t grain) {
+  const int64_t m = dy.size(0), n = dy.size(1), rank = xa.size(1);
+  const at::Tensor b_c = b_t.contiguous();  // [R, N]
+  UpdateGrads g;
+  if (ctx->needs_input_grad(0)) g.dx = at::mm(dy, w.t());
+  if (ctx->needs_input_grad(2)) g.dinit = ctx->saved_data["init_is_bias"].toBool() ? dy.sum(0) : dy;
+  g.gxa = at::empty({m, rank}, dy.options());
+  const float *dyp = dy.data_ptr<float>(), *xap = xa.data_ptr<float>(), *bp = b_c.data_ptr<float>();
+  float* gp = g.gxa.data_ptr<float>();
+  const std::vector<int64_t> blocks = ctx->saved_data["blocks"].toIntVector();
+  g.gb = parallel_accumulate(m, grain, rank * n, dy.options(), [&](int64_t b, int64_t e, float* part) {
+           lora_dy_rows(dyp, xap, bp, blocks.data(), static_cast<int64_t>(blocks.size() / 4), gp, part, n, rank, b, e);
+         }).view({rank, n});
+  return g;
+}
+
+void save_update_settings(AutogradContext* ctx, const at::Tensor& init, std::vector<int64_t> blocks) {
+  ctx->saved_data["init_is_bias"] = init.numel() > 0 && init.dim() == 1;
+  ctx->saved_data["blocks"] = std::move(blocks);
+}
+
+// y = init + x·w + (x·a_t)·b_t: the update's x·a_t computed here, and its share of dx and a_t's
+// gradient in one pass over x and dx backward.
 struct LinearLora : public torch::autograd::Function<LinearLora> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w,
                             const at::Tensor& init, const at::Tensor& a_t, const at::Tensor& b_t,
                             std::vector<int64_t> blocks) {  // blocks as checked_blocks gives them
     const at::Tensor x = x_in.contiguous();
-    const bool has_init = init.numel() > 0;  // empty: none (autograd inputs cannot be undefined)
-    at::Tensor y = has_init ? at::addmm(init, x, w) : at::mm(x, w);
     // At learner row counts MKL's two skinny products beat add_update's row pass (24 vs 16 ms per
     // small-preset step, measured), and x·a_t is kept for the backward pass.
     const at::Tensor xa = at::mm(x, a_t);
-    y.addmm_(xa, b_t);
     ctx->save_for_backward({x, w, a_t, b_t, xa});
-    ctx->saved_data["init_is_bias"] = has_init && init.dim() == 1;
-    ctx->saved_data["blocks"] = std::move(blocks);
-    return y;
+    save_update_settings(ctx, init, std::move(blocks));
+    return base_plus_update(x, w, init, xa, b_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1], &a_t = saved[2], &b_t = saved[3], &xa = saved[4];
     const at::Tensor dy = grads[0].contiguous();
-    const int64_t m = x.size(0), k = x.size(1), n = dy.size(1), rank = a_t.size(1);
-    const at::Tensor b_c = b_t.contiguous(), a = a_t.t().contiguous();  // [R, N], [R, K]
-    at::Tensor dx = ctx->needs_input_grad(0) ? at::mm(dy, w.t()) : at::Tensor();
-    at::Tensor gxa = at::empty({m, rank}, dy.options());
-    const float *dyp = dy.data_ptr<float>(), *xap = xa.data_ptr<float>(), *bp = b_c.data_ptr<float>();
-    float* gp = gxa.data_ptr<float>();
-    const std::vector<int64_t> blocks = ctx->saved_data["blocks"].toIntVector();
-    const int64_t grain = grain_rows(std::max(n, k) * rank);
-    at::Tensor gb = parallel_accumulate(m, grain, rank * n, dy.options(), [&](int64_t b, int64_t e, float* part) {
-      lora_dy_rows(dyp, xap, bp, blocks.data(), static_cast<int64_t>(blocks.size() / 4), gp, part, n, rank, b, e);
-    });
-    const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>();
-    float* dxp = dx.defined() ? dx.data_ptr<float>() : nullptr;
+    const int64_t m = x.size(0), k = x.size(1), rank = a_t.size(1);
+    const int64_t grain = grain_rows(std::max(dy.size(1), k) * rank);
+    UpdateGrads g = update_backward(ctx, dy, w, xa, b_t, grain);
+    const at::Tensor a = a_t.t().contiguous();  // [R, K]
+    const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>(), *gp = g.gxa.data_ptr<float>();
+    float* dxp = g.dx.defined() ? g.dx.data_ptr<float>() : nullptr;
     at::Tensor ga = parallel_accumulate(m, grain, rank * k, dy.options(), [&](int64_t b, int64_t e, float* part) {
       lora_x_rows(xp, gp, ap, dxp, part, k, rank, b, e);
     });
-    at::Tensor dinit;
-    if (ctx->needs_input_grad(2)) dinit = ctx->saved_data["init_is_bias"].toBool() ? dy.sum(0) : dy;
-    return {dx, at::Tensor(), dinit, ga.view({rank, k}).t(), gb.view({rank, n}), at::Tensor()};
+    return {g.dx, at::Tensor(), g.dinit, ga.view({rank, k}).t(), g.gb, at::Tensor()};
   }
 };
 
-// The blocks as a list, checked: each rank column of a_t [K, R] in exactly one block, all inside
-// b_t [R, N]. None given: one block, all of b_t.
-std::vector<int64_t> checked_blocks(const int64_t* blocks, int64_t num_blocks, const at::Tensor& a_t,
-                                    const at::Tensor& b_t) {
-  const int64_t rank = a_t.size(1), n = b_t.size(1);
+// y = init + x·w + xa·b_t with xa = x·a_t made by the op that made x (RMSNorm, SwiGLU: see
+// pointwise.cpp), which also takes d xa back: this op never reads x, forward or backward, and
+// does not keep it.
+struct LinearPlusUpdate : public torch::autograd::Function<LinearPlusUpdate> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w,
+                            const at::Tensor& init, const at::Tensor& xa_in, const at::Tensor& b_t,
+                            std::vector<int64_t> blocks) {
+    const at::Tensor x = x_in.contiguous(), xa = xa_in.contiguous();
+    ctx->save_for_backward({w, b_t, xa});
+    save_update_settings(ctx, init, std::move(blocks));
+    return base_plus_update(x, w, init, xa, b_t);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &w = saved[0], &b_t = saved[1], &xa = saved[2];
+    const at::Tensor dy = grads[0].contiguous();
+    UpdateGrads g = update_backward(ctx, dy, w, xa, b_t, grain_rows(dy.size(1) * xa.size(1)));
+    return {g.dx, at::Tensor(), g.dinit, ctx->needs_input_grad(3) ? g.gxa : at::Tensor(), g.gb, at::Tensor()};
+  }
+};
+
+// The blocks as a list, checked: each of the update's `rank` columns in exactly one block, all
+// inside b_t [R, N]. None given: one block, all of b_t.
+std::vector<int64_t> checked_blocks(const int64_t* blocks, int64_t num_blocks, int64_t rank, const at::Tensor& b_t) {
+  const int64_t n = b_t.size(1);
   if (num_blocks == 0) return {0, rank, 0, n};
   std::vector<bool> covered(rank, false);
   for (int64_t k = 0; k < num_blocks; ++k) {
@@ -305,7 +329,20 @@ at::Tensor* nr_linear_lora(const at::Tensor* x, const at::Tensor* w, const at::T
   RECORD_FUNCTION("noregret::linear_lora", std::vector<c10::IValue>());
   return guarded([&] {
     const at::Tensor none = at::empty({0}, x->options());  // autograd inputs cannot be undefined
-    return LinearLora::apply(*x, *w, init ? *init : none, *a_t, *b_t, checked_blocks(blocks, num_blocks, *a_t, *b_t));
+    return LinearLora::apply(*x, *w, init ? *init : none, *a_t, *b_t, checked_blocks(blocks, num_blocks, a_t->size(1), *b_t));
+  });
+}
+
+// As nr_linear_lora, with xa = x·a_t given (made by the op that made x).
+at::Tensor* nr_linear_plus_update(const at::Tensor* x, const at::Tensor* w, const at::Tensor* init, const at::Tensor* xa,
+                                  const at::Tensor* b_t, const int64_t* blocks, int64_t num_blocks) {
+  RECORD_FUNCTION("noregret::linear_plus_update", std::vector<c10::IValue>());
+  return guarded([&] {
+    const at::Tensor none = at::empty({0}, x->options());
+    TORCH_CHECK(xa->dim() == 2 && xa->size(0) == x->size(0) && xa->size(1) == b_t->size(0),
+                "linear_plus_update: xa ", xa->sizes(), " for x ", x->sizes(), " and b_t ", b_t->sizes());
+    return LinearPlusUpdate::apply(*x, *w, init ? *init : none, *xa, *b_t,
+                                   checked_blocks(blocks, num_blocks, xa->size(1), *b_t));
   });
 }
 

@@ -22,6 +22,9 @@ extern "C" {
     fn nr_rms_norm(x: *const C_tensor, weight: *const C_tensor, eps: f64) -> *mut C_tensor;
     fn nr_rope(x: *const C_tensor, cos: *const C_tensor, signed_sin: *const C_tensor) -> *mut C_tensor;
     fn nr_silu_mul(gate_up: *const C_tensor) -> *mut C_tensor;
+    fn nr_rms_norm_lora(x: *const C_tensor, weight: *const C_tensor, eps: f64, a_t: *const C_tensor,
+                        xa_out: *mut *mut C_tensor) -> *mut C_tensor;
+    fn nr_silu_mul_lora(gate_up: *const C_tensor, a_t: *const C_tensor, xa_out: *mut *mut C_tensor) -> *mut C_tensor;
     fn nr_cached_attention(
         q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, cos: *const C_tensor, signed_sin: *const C_tensor,
         k_cache: *mut C_tensor, v_cache: *mut C_tensor, lens: *const C_tensor,
@@ -31,6 +34,8 @@ extern "C" {
                                 signed_sin: *const C_tensor) -> *mut C_tensor;
     fn nr_linear_lora(x: *const C_tensor, w: *const C_tensor, init: *const C_tensor, a_t: *const C_tensor,
                       b_t: *const C_tensor, blocks: *const i64, num_blocks: i64) -> *mut C_tensor;
+    fn nr_linear_plus_update(x: *const C_tensor, w: *const C_tensor, init: *const C_tensor, xa: *const C_tensor,
+                             b_t: *const C_tensor, blocks: *const i64, num_blocks: i64) -> *mut C_tensor;
     fn nr_lora_add(y: *const C_tensor, x: *const C_tensor, a_t: *const C_tensor, b_t: *const C_tensor,
                    mask: *const C_tensor) -> *mut C_tensor;
     fn nr_grad_enabled() -> bool;
@@ -104,6 +109,25 @@ pub fn silu_mul(gate_up: &Tensor) -> Tensor {
     wrap(unsafe { nr_silu_mul(gate_up.as_ptr()) }, "silu_mul")
 }
 
+/// An op's output with the adapter's first product of it: (x, x·a_t).
+fn with_update_input(call: impl FnOnce(*mut *mut C_tensor) -> *mut C_tensor, what: &str) -> (Tensor, Tensor) {
+    let mut xa: *mut C_tensor = std::ptr::null_mut();
+    let x = wrap(call(&mut xa), what);
+    (x, unsafe { Tensor::from_ptr(xa) })
+}
+
+/// [`rms_norm`] of x [M, K] that also returns the adapter's x·a_t [M, R] for the linear layer it
+/// feeds (a_t [K, R] trainable; see [`linear_plus_update`]). Differentiable in x, weight, a_t.
+pub fn rms_norm_lora(x: &Tensor, weight: &Tensor, eps: f64, a_t: &Tensor) -> (Tensor, Tensor) {
+    with_update_input(|xa| unsafe { nr_rms_norm_lora(x.as_ptr(), weight.as_ptr(), eps, a_t.as_ptr(), xa) }, "rms_norm_lora")
+}
+
+/// [`silu_mul`] of gate|up [M, 2I] that also returns the adapter's act·a_t [M, R] for the linear
+/// layer it feeds (a_t [I, R] trainable). Differentiable in gate|up and a_t.
+pub fn silu_mul_lora(gate_up: &Tensor, a_t: &Tensor) -> (Tensor, Tensor) {
+    with_update_input(|xa| unsafe { nr_silu_mul_lora(gate_up.as_ptr(), a_t.as_ptr(), xa) }, "silu_mul_lora")
+}
+
 /// Largest adapter width (columns of a fused group's A, e.g. 3 × rank for q|k|v) that
 /// [`linear_lora`] serves; its row loops cost rank × the passes, so MKL serves wider ones.
 pub const LINEAR_LORA_MAX_RANK: i64 = 32;
@@ -120,6 +144,20 @@ pub fn linear_lora(x: &Tensor, w: &Tensor, init: Option<&Tensor>, a_t: &Tensor, 
         nr_linear_lora(x.as_ptr(), w.as_ptr(), init, a_t.as_ptr(), b_t.as_ptr(), blocks.as_ptr().cast(), blocks.len() as i64)
     };
     wrap(out, "linear_lora")
+}
+
+/// [`linear_lora`] with `xa` = x·a_t [M, R] given by the op that made x ([`rms_norm_lora`],
+/// [`silu_mul_lora`]), which also takes its gradient back: `init + x·w + xa·b_t`,
+/// differentiable in x, init, xa and b_t. Neither pass reads x beyond the base product, and x is
+/// not kept for the backward pass.
+pub fn linear_plus_update(x: &Tensor, w: &Tensor, init: Option<&Tensor>, xa: &Tensor, b_t: &Tensor,
+                          blocks: &[[i64; 4]]) -> Tensor {
+    let init = init.map_or(std::ptr::null(), |t| t.as_ptr());
+    let out = unsafe {
+        nr_linear_plus_update(x.as_ptr(), w.as_ptr(), init, xa.as_ptr(), b_t.as_ptr(), blocks.as_ptr().cast(),
+                              blocks.len() as i64)
+    };
+    wrap(out, "linear_plus_update")
 }
 
 /// Widest adapter update (columns of a group's A) [`lora_add`] serves.

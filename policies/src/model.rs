@@ -267,19 +267,26 @@ impl Model {
              attention: &mut Attention<'_>, lora: Option<&LoraRuntime>) -> Tensor {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        // What a projection starts from: the residual stream it adds onto and/or its bias.
+        let init_for = |onto: Option<&Tensor>, bias: Option<&Tensor>| match (onto, bias) {
+            (Some(r), Some(bias)) => Some(r + bias),
+            (Some(r), None) => Some(r.shallow_clone()),
+            (None, bias) => bias.map(Tensor::shallow_clone),
+        };
+        // The adapter being trained on a group, when its update fits the fused learner ops (x's
+        // activations on the fused kernels, the base weight frozen, a width they serve).
+        let trained = |group: usize, x: &Tensor, w: &Tensor| {
+            lora.and_then(|l| l.trainable_group(i, group)).filter(|g| {
+                kernels::applies(x) && !w.requires_grad() && g.a_t.size()[1] <= kernels::LINEAR_LORA_MAX_RANK
+            })
+        };
         // x·W (+ bias) (+ the adapter's update), added onto `onto` when given (the residual
         // stream): one addmm instead of a matmul and an add.
         let project_onto = |onto: Option<&Tensor>, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| {
-            let init = match (onto, bias) {
-                (Some(r), Some(bias)) => Some(r + bias),
-                (Some(r), None) => Some(r.shallow_clone()),
-                (None, bias) => bias.map(Tensor::shallow_clone),
-            };
+            let init = init_for(onto, bias);
             // Training an adapter: base product and update in one op with a leaner backward.
-            if let Some(g) = lora.and_then(|l| l.trainable_group(i, group)) {
-                if kernels::applies(x) && !w.requires_grad() && g.a_t.size()[1] <= kernels::LINEAR_LORA_MAX_RANK {
-                    return kernels::linear_lora(x, w, init.as_ref(), &g.a_t, &g.b_t, &g.blocks);
-                }
+            if let Some(g) = trained(group, x, w) {
+                return kernels::linear_lora(x, w, init.as_ref(), &g.a_t, &g.b_t, &g.blocks);
             }
             let y = match (self.packed_for(x), init) {
                 (Some(p), init) => p.layers[i][group].matmul(x, init.as_ref()),
@@ -292,9 +299,19 @@ impl Model {
             }
         };
         let project = |x: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| project_onto(None, x, w, bias, group);
+        // RMSNorm then a projection; when training an adapter there, the norm also makes x·A.
+        let norm_project = |x: &Tensor, norm: &Tensor, w: &Tensor, bias: Option<&Tensor>, group: usize| {
+            match trained(group, x, w).filter(|_| norm.kind() == Kind::Float) {
+                Some(g) => {
+                    let (h, xa) = kernels::rms_norm_lora(x, norm, c.rms_norm_eps, &g.a_t);
+                    kernels::linear_plus_update(&h, w, bias, &xa, &g.b_t, &g.blocks)
+                }
+                None => project(&rms_norm(x, norm, c.rms_norm_eps), w, bias, group),
+            }
+        };
 
-        let h = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
-        let qkv = project(&h, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV).view([b, t, nh + 2 * nkv, hd]);
+        let qkv = norm_project(x, &layer.input_norm, &layer.qkv, layer.qkv_bias.as_ref(), GROUP_QKV)
+            .view([b, t, nh + 2 * nkv, hd]);
         // Fresh sequences, no q/k norms: rotation and attention in one kernel.
         let one_kernel = matches!(attention, Attention::Causal) && layer.q_norm.is_none()
             && kernels::applies(&qkv) && kernels::causal_attention_fits(hd);
@@ -307,15 +324,20 @@ impl Model {
         };
         let x = project_onto(Some(x), &attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
 
-        let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps);
-        let gu = project(&h, &layer.gate_up, layer.gate_up_bias.as_ref(), GROUP_GATE_UP);
-        let act = if kernels::applies(&gu) {
-            kernels::silu_mul(&gu)
-        } else {
-            let gu = gu.chunk(2, 1);
-            gu[0].silu() * &gu[1]
-        };
-        project_onto(Some(&x), &act, &layer.down, layer.down_bias.as_ref(), GROUP_DOWN)
+        let gu = norm_project(&x, &layer.post_norm, &layer.gate_up, layer.gate_up_bias.as_ref(), GROUP_GATE_UP);
+        if !kernels::applies(&gu) {
+            let parts = gu.chunk(2, 1);
+            return project_onto(Some(&x), &(parts[0].silu() * &parts[1]), &layer.down, layer.down_bias.as_ref(), GROUP_DOWN);
+        }
+        match trained(GROUP_DOWN, &gu, &layer.down) {
+            // SwiGLU makes act·A too.
+            Some(g) => {
+                let (act, xa) = kernels::silu_mul_lora(&gu, &g.a_t);
+                let init = init_for(Some(&x), layer.down_bias.as_ref());
+                kernels::linear_plus_update(&act, &layer.down, init.as_ref(), &xa, &g.b_t, &g.blocks)
+            }
+            None => project_onto(Some(&x), &kernels::silu_mul(&gu), &layer.down, layer.down_bias.as_ref(), GROUP_DOWN),
+        }
     }
 
     /// Attention from the fused projection's output qkv [B, T, heads + 2·kv, hd] by way of

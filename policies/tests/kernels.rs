@@ -168,6 +168,20 @@ fn causal_attention_matches_sdpa_values_and_gradients() {
 /// gradients of x, the residual or bias it starts from, A and B; widths 1 and 6, and a
 /// block-diagonal B of three blocks (ranks 2, 1, 3 over ragged column ranges), whose gradient
 /// must match inside the blocks and be zero outside.
+/// 1 where b_t [rank, n] may be non-zero under `blocks` (all of it when there are none), else 0.
+fn block_mask(rank: i64, n: i64, blocks: &[[i64; 4]]) -> Tensor {
+    if blocks.is_empty() {
+        return Tensor::ones([rank, n], (Kind::Float, tch::Device::Cpu));
+    }
+    let inside = Tensor::zeros([rank, n], (Kind::Float, tch::Device::Cpu));
+    for &[r0, r1, c0, c1] in blocks {
+        let _ = inside.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0).fill_(1.0);
+    }
+    inside
+}
+
+/// The learner's linear layer with its adapter (`linear_lora`, and `linear_plus_update` given
+/// x·a_t) against the matmuls, with and without the blocks of a block-diagonal B.
 #[test]
 fn linear_lora_matches_eager_values_and_gradients() {
     tch::manual_seed(3);
@@ -176,11 +190,7 @@ fn linear_lora_matches_eager_values_and_gradients() {
     let w = Tensor::randn([k, n], (Kind::Float, tch::Device::Cpu)) * 0.2;
     let three_blocks: &[[i64; 4]] = &[[0, 2, 0, 30], [2, 3, 30, 50], [3, 6, 50, 80]];
     for (rank, blocks) in [(1, &[][..]), (6, &[][..]), (6, three_blocks)] {
-        let inside = Tensor::zeros([rank, n], (Kind::Float, tch::Device::Cpu));
-        for &[r0, r1, c0, c1] in blocks {
-            let _ = inside.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0).fill_(1.0);
-        }
-        let inside = if blocks.is_empty() { inside.ones_like() } else { inside };
+        let inside = block_mask(rank, n, blocks);
         let x = randn(&[m, k], 1.0);
         let a_t = randn(&[k, rank], 0.3);
         let b_t = (randn(&[rank, n], 0.3) * &inside).detach().set_requires_grad(true);
@@ -207,9 +217,55 @@ fn linear_lora_matches_eager_values_and_gradients() {
                 }
                 (y.detach(), grads)
             };
-            let what = format!("linear_lora rank {rank}, {} blocks, {what}", blocks.len());
-            assert_same(&what, [run(&fused, false), run(&eager, true)], 1e-4);
+            let what = format!("rank {rank}, {} blocks, {what}", blocks.len());
+            assert_same(&format!("linear_lora {what}"), [run(&fused, false), run(&eager, true)], 1e-4);
+            // x·a_t made outside (here by a plain matmul, whose backward takes d(x·a_t) back).
+            let given = || kernels::linear_plus_update(&x, &w, init, &x.mm(&a_t), &b_t, blocks);
+            assert_same(&format!("linear_plus_update {what}"), [run(&given, false), run(&eager, true)], 1e-4);
         }
+    }
+}
+
+/// The norm and SwiGLU variants that also make the adapter's x·a_t (and take its gradient back)
+/// against the plain ops and a matmul: widths compiled in (1, 2, 6) and beyond them (11), rows
+/// for two parallel tasks with a ragged end, rows not a multiple of 16 wide, and an input
+/// without a gradient (the first layer's norm sees the frozen embedding).
+#[test]
+fn norm_and_swiglu_with_update_input_match_eager() {
+    tch::manual_seed(5);
+    let (m, d, inter) = (141, 40, 45);
+    for rank in [1, 2, 6, 11] {
+        let w = randn(&[d], 1.0);
+        let a_t = randn(&[d, rank], 0.3);
+        for x_grad in [true, false] {
+            let x = randn(&[m, d], 2.0).set_requires_grad(x_grad);
+            let f = || {
+                let (y, xa) = if kernels::applies(&x) {
+                    kernels::rms_norm_lora(&x, &w, 1e-6, &a_t)
+                } else {
+                    let y = rms_norm(&x, &w, 1e-6);
+                    let xa = y.mm(&a_t);
+                    (y, xa)
+                };
+                Tensor::cat(&[y.view([-1]), xa.view([-1])], 0)
+            };
+            let inputs: Vec<&Tensor> = if x_grad { vec![&x, &w, &a_t] } else { vec![&w, &a_t] };
+            assert_same(&format!("rms_norm_lora rank {rank}, x grad {x_grad}"), both_ways(&inputs, f), 1e-4);
+        }
+        let gu = randn(&[m, 2 * inter], 3.0);
+        let a_t = randn(&[inter, rank], 0.3);
+        let f = || {
+            let (act, xa) = if kernels::applies(&gu) {
+                kernels::silu_mul_lora(&gu, &a_t)
+            } else {
+                let parts = gu.chunk(2, 1);
+                let act = parts[0].silu() * &parts[1];
+                let xa = act.mm(&a_t);
+                (act, xa)
+            };
+            Tensor::cat(&[act.view([-1]), xa.view([-1])], 0)
+        };
+        assert_same(&format!("silu_mul_lora rank {rank}"), both_ways(&[&gu, &a_t], f), 1e-4);
     }
 }
 

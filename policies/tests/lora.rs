@@ -147,7 +147,8 @@ fn learner_gradients_are_the_same_with_fused_kernels() {
             policies::kernels::with_fused(fused, || {
                 let lora = LoraRuntime::single(&policy.model.config, &adapter, Kind::Float).unwrap();
                 let loss = -policy.model.token_logprobs(&tokens(), Some(&lora)).mean(Kind::Float);
-                Tensor::run_backward(&[loss], &adapter.parameters(), false, false).remove(0)
+                let grads = Tensor::run_backward(&[loss], &adapter.parameters(), false, false);
+                Tensor::cat(&grads.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0)
             })
         };
         let (fused, eager) = (grad(true), grad(false));
