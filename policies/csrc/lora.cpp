@@ -1,5 +1,6 @@
 // An adapter's low-rank update: y += (x·A)·B in one pass per row for sampling, and the learner's
-// frozen linear layer plus update as one autograd op with a leaner backward pass.
+// frozen linear layer plus update as one autograd op with a leaner backward pass (computing x·A
+// itself, or given it by the op that made x).
 
 #include "common.h"
 

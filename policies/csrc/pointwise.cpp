@@ -1,7 +1,8 @@
 // RMSNorm, rotary embedding and SwiGLU's silu(gate)·up as torch::autograd::Functions with
 // hand-written backward passes: each replaces a chain of eager ops (6 forward / ~10 backward, 4 and
 // 4, 3 and 5) with one pass over memory and one dispatch. Checked against the eager ops' values
-// and gradients in policies/tests/kernels.rs.
+// and gradients in policies/tests/kernels.rs. RMSNorm and SwiGLU also come in variants that make
+// the learner's adapter product x·A of the rows they write (last section).
 
 #include "common.h"
 

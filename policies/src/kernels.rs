@@ -1,6 +1,7 @@
 //! Fused float32 CPU kernels (csrc/*.cpp, shared helpers in csrc/common.h): RMSNorm, rotary
 //! embedding and SwiGLU with their backward passes; causal attention (training, scoring) with its
-//! backward, optionally with the rotation folded in; the learner's linear layer + adapter update;
+//! backward, optionally with the rotation folded in; the learner's linear layer + adapter update,
+//! and RMSNorm / SwiGLU variants that also make the adapter's x·A for the layer they feed;
 //! the adapter update for sampling; attention over the KV cache for sampling. The decoder uses
 //! them whenever its activations are float32 on the CPU; elsewhere (CUDA, bf16/f16) it runs the
 //! same maths as eager ops. `NOREGRET_FUSED=0` turns them off (for A/B measurements); tests can
