@@ -132,6 +132,7 @@ struct Rope : public torch::autograd::Function<Rope> {
 
 // ---- SwiGLU: y = silu(gate)·up from gate|up side by side, [N, 2I] -> [N, I] ----
 
+NR_INLINE float sigmoid(float g) { return 1.0f / (1.0f + exp_approx(-g)); }
 NR_INLINE float silu(float g) { return g / (1.0f + exp_approx(-g)); }
 
 NR_INLINE void silu_mul_row(const float* g, const float* u, float* y, int64_t inter) {
@@ -147,7 +148,7 @@ NR_CLONES void silu_mul_rows(const float* gu, float* y, int64_t inter, int64_t b
 NR_INLINE void silu_mul_grad_row(const float* dy, const float* g, const float* u, float* dg, float* du, int64_t inter) {
 #pragma omp simd
   for (int64_t j = 0; j < inter; ++j) {
-    const float s = 1.0f / (1.0f + exp_approx(-g[j]));
+    const float s = sigmoid(g[j]);
     du[j] = dy[j] * g[j] * s;
     dg[j] = dy[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
   }
@@ -197,7 +198,7 @@ struct SiluMul : public torch::autograd::Function<SiluMul> {
 // lora.cpp) then never touches x. Outputs x and xa [rows, R]; a_t [K, R] trainable.
 
 // The passes below keep R (the update's width: 3 × rank for q|k|v) in registers, compiled for
-// each R up to 8 (NR_BY_RANK); a generic loop serves wider updates.
+// every width ranks 1–4 give (1–4, 6, 8, 9, 12; NR_BY_RANK); a generic loop serves the others.
 
 // out[r] = x·a[r] for the R rows of a [R, K]: one pass over x, R accumulators.
 template <int R>
@@ -226,7 +227,7 @@ NR_INLINE void row_times_rows_any(const float* x, const float* a, int64_t k, int
   }
 }
 
-// CALL with a constexpr int R = rank for ranks up to 8; ANY beyond.
+// CALL with a constexpr int R = rank for widths 1–9 and 12; ANY otherwise.
 #define NR_BY_RANK(rank, CALL, ANY)                    \
   switch (rank) {                                       \
     case 1: { constexpr int R = 1; CALL; break; }       \
@@ -237,6 +238,8 @@ NR_INLINE void row_times_rows_any(const float* x, const float* a, int64_t k, int
     case 6: { constexpr int R = 6; CALL; break; }       \
     case 7: { constexpr int R = 7; CALL; break; }       \
     case 8: { constexpr int R = 8; CALL; break; }       \
+    case 9: { constexpr int R = 9; CALL; break; }       \
+    case 12: { constexpr int R = 12; CALL; break; }     \
     default: ANY;                                       \
   }
 
@@ -378,7 +381,7 @@ NR_INLINE void silu_mul_lora_grad_row(const float* dy, const float* gate, const 
   for (int r = 0; r < R; ++r) s[r] = dxa[r];
 #pragma omp simd
   for (int64_t j = 0; j < inter; ++j) {
-    const float sig = 1.0f / (1.0f + exp_approx(-gate[j]));
+    const float sig = sigmoid(gate[j]);
     const float act = gate[j] * sig * up[j];
     float gj = dy[j];
     for (int r = 0; r < R; ++r) {

@@ -385,8 +385,8 @@ impl LoraRuntime {
         }
     }
 
-    /// The group when every row uses one adapter and it is being trained: the case
-    /// [`crate::kernels::linear_lora`] serves.
+    /// The group when every row uses one adapter and it is being trained: the case the learner
+    /// ops serve ([`crate::kernels::linear_lora`], [`crate::kernels::linear_plus_update`]).
     pub(crate) fn trainable_group(&self, layer: usize, group: usize) -> Option<&PackedGroup> {
         let p = self.layers[layer][group].as_ref()?;
         (self.masks.is_none() && crate::kernels::needs_grad(&[&p.a_t])).then_some(p)

@@ -325,10 +325,6 @@ impl Model {
         let x = project_onto(Some(x), &attn, &layer.o, layer.o_bias.as_ref(), GROUP_O);
 
         let gu = norm_project(&x, &layer.post_norm, &layer.gate_up, layer.gate_up_bias.as_ref(), GROUP_GATE_UP);
-        if !kernels::applies(&gu) {
-            let parts = gu.chunk(2, 1);
-            return project_onto(Some(&x), &(parts[0].silu() * &parts[1]), &layer.down, layer.down_bias.as_ref(), GROUP_DOWN);
-        }
         match trained(GROUP_DOWN, &gu, &layer.down) {
             // SwiGLU makes act·A too.
             Some(g) => {
@@ -336,7 +332,15 @@ impl Model {
                 let init = init_for(Some(&x), layer.down_bias.as_ref());
                 kernels::linear_plus_update(&act, &layer.down, init.as_ref(), &xa, &g.b_t, &g.blocks)
             }
-            None => project_onto(Some(&x), &kernels::silu_mul(&gu), &layer.down, layer.down_bias.as_ref(), GROUP_DOWN),
+            None => {
+                let act = if kernels::applies(&gu) {
+                    kernels::silu_mul(&gu)
+                } else {
+                    let parts = gu.chunk(2, 1);
+                    parts[0].silu() * &parts[1]
+                };
+                project_onto(Some(&x), &act, &layer.down, layer.down_bias.as_ref(), GROUP_DOWN)
+            }
         }
     }
 

@@ -227,14 +227,14 @@ fn linear_lora_matches_eager_values_and_gradients() {
 }
 
 /// The norm and SwiGLU variants that also make the adapter's x·a_t (and take its gradient back)
-/// against the plain ops and a matmul: widths compiled in (1, 2, 6) and beyond them (11), rows
+/// against the plain ops and a matmul: widths compiled in (1, 2, 6, 12) and not (11), rows
 /// for two parallel tasks with a ragged end, rows not a multiple of 16 wide, and an input
 /// without a gradient (the first layer's norm sees the frozen embedding).
 #[test]
 fn norm_and_swiglu_with_update_input_match_eager() {
     tch::manual_seed(5);
     let (m, d, inter) = (141, 40, 45);
-    for rank in [1, 2, 6, 11] {
+    for rank in [1, 2, 6, 11, 12] {
         let w = randn(&[d], 1.0);
         let a_t = randn(&[d, rank], 0.3);
         for x_grad in [true, false] {
