@@ -6,7 +6,7 @@ fn main() {
 }
 
 /// The C++ files in csrc/ (each includes csrc/common.h).
-const KERNEL_SOURCES: [&str; 5] = ["pointwise", "attention", "lora", "packed", "trace"];
+const KERNEL_SOURCES: [&str; 6] = ["pointwise", "attention", "lora", "packed", "trace", "threads"];
 
 /// Build the fused CPU kernels (csrc/*.cpp) against the libtorch that torch-sys found, with
 /// the same C++ ABI flags torch-sys uses for its own wrapper.

@@ -119,6 +119,16 @@ impl KvCache {
 }
 
 impl KvCache {
+    /// Empty these rows: their slots take a new sequence from position 0 (what they held is
+    /// never attended to again, and is overwritten as the new sequence grows).
+    pub fn clear_rows(&mut self, rows: &[usize]) {
+        for &r in rows {
+            if let Some(len) = self.lens.get_mut(r) {
+                *len = 0;
+            }
+        }
+    }
+
     /// Keep only `rows` (in that order), dropping the others: a smaller batch for the next steps.
     pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
         if let Some(&bad) = rows.iter().find(|&&r| r >= self.lens.len()) {

@@ -11,7 +11,7 @@ use crate::model::Model;
 use crate::rng::SplitMix;
 use crate::sampling::{choose, SamplingParams};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FinishReason {
     Eos,

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod rng;
 pub mod rope;
 pub mod sampling;
+pub mod threads;
 pub mod tokenizer;
 pub mod trace;
 pub mod weights;

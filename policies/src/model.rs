@@ -173,6 +173,15 @@ impl Model {
         self.rope.max_positions()
     }
 
+    /// Refuse a sequence of `len` positions that the rotary table does not cover, before a forward
+    /// pass would index past it.
+    pub fn check_len(&self, len: usize) -> Result<()> {
+        if len as i64 > self.max_positions() {
+            return Err(invalid!("a sequence of {len} tokens is longer than the model's {} positions", self.max_positions()));
+        }
+        Ok(())
+    }
+
     /// A KV cache for `rows` sequences of up to `capacity` positions.
     pub fn new_cache(&self, rows: i64, capacity: i64) -> KvCache {
         KvCache::new(&self.config, rows, capacity, self.kind, self.device)
@@ -200,7 +209,10 @@ impl Model {
             return Err(invalid!("sequence of {longest} positions is longer than the model's {}", self.max_positions()));
         }
         let lens = Tensor::from_slice(cache.lens()).to_device(self.device);
-        let positions = lens.unsqueeze(1) + Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0); // [B, T]
+        // Padding past a row's count may run beyond the rotary table (a row that gets no tokens
+        // while another gets many); its positions are clamped, its outputs ignored.
+        let positions = (lens.unsqueeze(1) + Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0))
+            .clamp_max(self.max_positions() - 1); // [B, T]
         if kernels::applies(&self.embed) {
             let fresh = cache.lens().iter().all(|&l| l == 0);
             let hidden = self.run(tokens, &positions, Attention::FusedCached { cache: &mut *cache, lens, fresh }, lora);

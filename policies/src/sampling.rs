@@ -51,32 +51,50 @@ impl SamplingParams {
     }
 }
 
+/// Log-probs over the vocabulary (last axis of `logits`, any leading shape) of the distribution
+/// tokens are drawn from: logits / temperature, then top-k and top-p truncation (dropped tokens
+/// get -inf). Greedy (temperature 0) is scored as the model's own distribution. In f32 and
+/// differentiable in `logits` (the truncation mask is taken without gradients): the learner
+/// scores sampled tokens with this, so its log-probs and the sampler's compare like with like.
+pub fn behaviour_logprobs(logits: &Tensor, params: &SamplingParams) -> Tensor {
+    let logits = logits.to_kind(Kind::Float);
+    if params.temperature == 0.0 {
+        return logits.log_softmax(-1, Kind::Float);
+    }
+    let mut z = if params.temperature == 1.0 { logits } else { logits / params.temperature };
+    let vocab = *z.size().last().expect("logits have a vocabulary axis");
+    if params.top_k > 0 && params.top_k < vocab {
+        let kept = tch::no_grad(|| {
+            let (kth, _) = z.topk(params.top_k, -1, true, true);
+            z.lt_tensor(&kth.narrow(-1, params.top_k - 1, 1))
+        });
+        z = z.masked_fill(&kept, f64::NEG_INFINITY);
+    }
+    if params.top_p < 1.0 {
+        let drop = tch::no_grad(|| {
+            let (sorted, order) = z.sort(-1, true);
+            let probs = sorted.softmax(-1, Kind::Float);
+            // Drop a token when the mass before it already reaches top_p (the first always stays).
+            let before = probs.cumsum(-1, Kind::Float) - &probs;
+            let drop_sorted = before.ge(params.top_p);
+            drop_sorted.scatter(-1, &order, &drop_sorted)
+        });
+        z = z.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    z.log_softmax(-1, Kind::Float)
+}
+
 /// Choose one token per row of `logits` [B, V]. Returns (tokens [B] i64, logprobs [B] f32).
 /// Greedy rows report the model's own log-prob (temperature 1, no truncation).
 pub fn choose(logits: &Tensor, params: &SamplingParams, rngs: &mut [SplitMix]) -> (Tensor, Tensor) {
-    let logits = logits.to_kind(Kind::Float);
+    let logp = behaviour_logprobs(logits, params);
     if params.temperature == 0.0 {
+        // argmax of the logits themselves, as transformers' greedy search takes it.
         let tokens = logits.argmax(-1, true);
-        let logp = logits.log_softmax(-1, Kind::Float).gather(1, &tokens, false);
-        return (tokens.squeeze_dim(1), logp.squeeze_dim(1));
+        let chosen = logp.gather(1, &tokens, false);
+        return (tokens.squeeze_dim(1), chosen.squeeze_dim(1));
     }
-    let mut z = logits / params.temperature;
-    let vocab = z.size()[1];
-    if params.top_k > 0 && params.top_k < vocab {
-        let (kth, _) = z.topk(params.top_k, -1, true, true);
-        let threshold = kth.narrow(1, params.top_k - 1, 1);
-        z = z.masked_fill(&z.lt_tensor(&threshold), f64::NEG_INFINITY);
-    }
-    if params.top_p < 1.0 {
-        let (sorted, order) = z.sort(-1, true);
-        let probs = sorted.softmax(-1, Kind::Float);
-        // Drop a token when the mass before it already reaches top_p (the first always stays).
-        let before = probs.cumsum(-1, Kind::Float) - &probs;
-        let drop_sorted = before.ge(params.top_p);
-        let drop = drop_sorted.scatter(1, &order, &drop_sorted);
-        z = z.masked_fill(&drop, f64::NEG_INFINITY);
-    }
-    let logp = z.log_softmax(-1, Kind::Float);
+    let vocab = logp.size()[1];
     let cdf = logp.exp().cumsum(-1, Kind::Float);
     let uniforms: Vec<f32> = rngs.iter_mut().map(|r| r.next_f64() as f32).collect();
     let u = Tensor::from_slice(&uniforms).to_device(cdf.device()).unsqueeze(1) * cdf.narrow(1, vocab - 1, 1);

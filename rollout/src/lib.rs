@@ -1,9 +1,30 @@
-//! The rollout engine's crate: sampler workers, micro-turn scheduling, bounded queues with
-//! back-pressure, adapter snapshot publishing and staleness accounting.
+//! The rollout engine: sampler workers with continuous batching in micro-turns, env steps and
+//! rewards off the sampling threads, adapter versions streamed in between micro-turns, and
+//! finished groups handed to the learner through a transport with back-pressure.
 //!
-//! Nothing is implemented here yet: this crate is the next issue's. The pieces it will be built
-//! from already exist below it (see ARCHITECTURE.md, "How the next wave plugs in"):
-//! `policies::Model::forward_cached` (extend any cache rows by any number of tokens),
-//! `policies::KvCache::{copy_rows_from, retain_rows}` (admit and drop sequences),
-//! `policies::LoraPacker` (pack a new adapter snapshot in three tensor ops),
-//! `policies::sampling::choose` (tokens with behaviour log-probs), and `envs::Env::step`.
+//! - [`trajectory`]: what travels (episodes with per-token versions and behaviour log-probs).
+//! - [`versions`]: the learner's adapter snapshots, newest wins.
+//! - [`work`]: which groups start when (the lag budget, reproducible assignment, resume).
+//! - [`sampler`]: one worker's micro-turn loop.
+//! - [`scorer`]: the pool that runs env steps and rewards.
+//! - [`transport`]: the queue between samplers and learner (in-process here).
+//! - [`engine`]: start and stop it all; [`control`]: the stop flag and first failure.
+
+pub mod control;
+pub mod engine;
+pub mod error;
+pub mod sampler;
+pub mod scorer;
+pub mod trajectory;
+pub mod transport;
+pub mod versions;
+pub mod work;
+
+pub use control::Control;
+pub use engine::{Engine, EngineConfig, Totals};
+pub use error::{Error, Result};
+pub use sampler::{stream_of, SamplerConfig, WorkSource};
+pub use trajectory::{Episode, TrajectoryGroup};
+pub use transport::{Delivery, DeliveryTag, InProcess, Transport, TransportError};
+pub use versions::{Snapshot, VersionSlot};
+pub use work::{Dispenser, StreamPosition, WorkPlan};

@@ -36,6 +36,7 @@ pub fn run(args: LogprobsArgs) -> Result<()> {
         if let Some(bad) = line.tokens.iter().find(|&&t| t < 0 || t >= vocab) {
             anyhow::bail!("stdin:{number}: token id {bad} is outside the vocabulary (size {vocab})");
         }
+        policy.model.check_len(line.tokens.len()).map_err(|e| anyhow::anyhow!("stdin:{number}: {e}"))?;
         pending.push(line.tokens);
         if pending.len() == args.batch_size {
             write_batch(&policy.model, lora.as_ref(), &std::mem::take(&mut pending), &mut out)?;

@@ -1,0 +1,5 @@
+include!("../policies/build_link.rs");
+
+fn main() {
+    emit_link_args();
+}
