@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +28,7 @@ use serde_json::Value;
 use crate::env::Problem;
 use crate::error::{DatasetError, EnvError};
 use crate::group::ProblemSource;
+use crate::shuffle::EpochShuffle;
 use crate::rng::{derive, Rng};
 
 /// How the gold answer is written in the answer field.
@@ -423,48 +424,7 @@ pub fn last_boxed(text: &str) -> Result<Option<String>, String> {
     Ok(found)
 }
 
-/// A seeded per-epoch permutation of `0..n`, cached for the current epoch.
-#[derive(Debug)]
-pub(crate) struct EpochShuffle {
-    n: usize,
-    seed: u64,
-    cache: Mutex<Option<(u64, Arc<Vec<u32>>)>>,
-}
-
-const TAG_EPOCH: u64 = 0x0065_706F_6368; // "epoch"
 const TAG_SPLIT: u64 = 0x0073_706C_6974; // "split"
-
-impl EpochShuffle {
-    pub(crate) fn new(n: usize, seed: u64) -> Self {
-        EpochShuffle {
-            n,
-            seed,
-            cache: Mutex::new(None),
-        }
-    }
-
-    fn order(&self, epoch: u64) -> Arc<Vec<u32>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((e, order)) = cache.as_ref() {
-            if *e == epoch {
-                return order.clone();
-            }
-        }
-        let mut order: Vec<u32> = (0..self.n as u32).collect();
-        Rng::new(derive(&[self.seed, TAG_EPOCH, epoch])).shuffle(&mut order);
-        let order = Arc::new(order);
-        *cache = Some((epoch, order.clone()));
-        order
-    }
-
-    /// The index of the `index`-th problem of `epoch`, `None` past the end.
-    pub(crate) fn get(&self, epoch: u64, index: u64) -> Option<usize> {
-        if index >= self.n as u64 {
-            return None;
-        }
-        self.order(epoch).get(index as usize).map(|&i| i as usize)
-    }
-}
 
 /// How the dataset was assembled, for logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

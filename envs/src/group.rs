@@ -188,7 +188,7 @@ pub struct ListSource {
     name: String,
     train: Vec<Arc<Problem>>,
     test: Vec<Arc<Problem>>,
-    shuffle: crate::dataset::EpochShuffle,
+    shuffle: crate::shuffle::EpochShuffle,
 }
 
 impl ListSource {
@@ -199,7 +199,7 @@ impl ListSource {
         seed: u64,
     ) -> Self {
         let train: Vec<Arc<Problem>> = train.into_iter().map(Arc::new).collect();
-        let shuffle = crate::dataset::EpochShuffle::new(train.len(), seed);
+        let shuffle = crate::shuffle::EpochShuffle::new(train.len(), seed);
         ListSource {
             name: name.into(),
             train,

@@ -20,6 +20,7 @@ pub mod env;
 pub mod error;
 pub mod group;
 pub mod math_env;
+pub mod shuffle;
 pub mod template;
 
 mod rng;
@@ -32,6 +33,7 @@ pub use env::{Env, EnvFactory, Message, Observation, Problem, Role, Step};
 pub use error::{DatasetError, EnvError};
 pub use group::{Cursor, EnvGroup, GroupSource, ListSource, ProblemSource};
 pub use math_env::{MathEnv, MathEnvFactory};
+pub use shuffle::EpochShuffle;
 /// The default reward of the math and calculator envs (the `rewards` crate's verifier).
 pub use rewards::builtin::MathReward;
 pub use template::{Prompter, Template};
