@@ -248,6 +248,16 @@ impl Adapter {
         vec![self.flat.shallow_clone()]
     }
 
+    /// Overwrite every number with `values` (a flat f32 buffer of the same length, e.g. from a
+    /// checkpoint of [`Adapter::parameters`]).
+    pub fn set_flat(&self, values: &Tensor) -> Result<()> {
+        if values.size() != self.flat.size() {
+            return Err(invalid!("adapter buffer of {:?} numbers, expected {:?}", values.size(), self.flat.size()));
+        }
+        tch::no_grad(|| self.flat.shallow_clone().copy_(&values.to_kind(Kind::Float).to_device(self.flat.device())));
+        Ok(())
+    }
+
     pub fn num_parameters(&self) -> i64 {
         self.flat.numel() as i64
     }

@@ -426,6 +426,46 @@ impl Model {
             .as_ref()
     }
 
+    /// A copy with its own weights (for publishing a fully fine-tuned model to samplers while the
+    /// learner keeps changing its own).
+    pub fn deep_copy(&self) -> Model {
+        let _guard = tch::no_grad_guard();
+        let copy = |t: &Tensor| t.detach().copy();
+        let maybe = |t: &Option<Tensor>| t.as_ref().map(copy);
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| Layer {
+                input_norm: copy(&l.input_norm),
+                post_norm: copy(&l.post_norm),
+                qkv: copy(&l.qkv),
+                qkv_bias: maybe(&l.qkv_bias),
+                q_norm: maybe(&l.q_norm),
+                k_norm: maybe(&l.k_norm),
+                o: copy(&l.o),
+                o_bias: maybe(&l.o_bias),
+                gate_up: copy(&l.gate_up),
+                gate_up_bias: maybe(&l.gate_up_bias),
+                down: copy(&l.down),
+                down_bias: maybe(&l.down_bias),
+            })
+            .collect();
+        let embed = copy(&self.embed);
+        let lm_head = if self.config.tie_word_embeddings { embed.tr().contiguous() } else { copy(&self.lm_head) };
+        Model {
+            config: self.config.clone(),
+            kind: self.kind,
+            device: self.device,
+            embed,
+            layers,
+            norm: copy(&self.norm),
+            lm_head,
+            rope: self.rope.clone(),
+            packed: OnceLock::new(),
+            weights_fixed: true,
+        }
+    }
+
     /// Every base weight under its HF name, with fused tensors split back (for export and for
     /// full fine-tuning's optimiser).
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {

@@ -15,6 +15,13 @@ pub struct Rope {
     signed_sin: Tensor,
 }
 
+impl Clone for Rope {
+    /// Shares the tables (they are never written).
+    fn clone(&self) -> Rope {
+        Rope { cos: self.cos.shallow_clone(), signed_sin: self.signed_sin.shallow_clone() }
+    }
+}
+
 impl Rope {
     pub fn new(cfg: &ModelConfig, max_positions: i64, kind: Kind, device: Device) -> Rope {
         let half = cfg.head_dim / 2;

@@ -135,9 +135,8 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
     })
 }
 
-/// Write tensors to a safetensors file atomically (temp file in the same folder, then rename),
-/// so a crash never leaves a half-written checkpoint behind.
-/// Write tensors as safetensors, tagged `format: pt` as transformers and peft expect.
+/// Write tensors as safetensors, tagged `format: pt` as transformers and peft expect, atomically
+/// (temp file in the same folder, then rename): a crash never leaves half a file behind.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -173,4 +172,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// A short identity of a checkpoint directory, cheap for any size: SHA-256 over config.json and,
+/// for each safetensors file, its name, size and first and last MiB. Different weights of the
+/// same shapes differ in it; a copy of the same checkpoint anywhere else has the same one.
+pub fn fingerprint(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut hash = Sha256::new();
+    hash.update(read_file(&dir.join("config.json"))?);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::bad_file(dir, "no safetensors files"));
+    }
+    const SAMPLE: u64 = 1 << 20;
+    for path in files {
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let size = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+        hash.update(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        hash.update(size.to_le_bytes());
+        let mut buf = vec![0u8; SAMPLE.min(size) as usize];
+        f.read_exact(&mut buf).map_err(|e| Error::io(&path, e))?;
+        hash.update(&buf);
+        f.seek(SeekFrom::Start(size - buf.len() as u64)).map_err(|e| Error::io(&path, e))?;
+        f.read_exact(&mut buf).map_err(|e| Error::io(&path, e))?;
+        hash.update(&buf);
+    }
+    Ok(hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
