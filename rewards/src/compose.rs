@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::builtin::{FormatReward, LengthPenalty, MathReward};
 use crate::extract::ExtractMode;
@@ -20,7 +20,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 /// One term of the reward, as written in a config (`[[reward]]` tables, tagged by `kind`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RewardSpec {
     /// 1/0 from the verifier. `modes`: extraction modes in order (default: all).

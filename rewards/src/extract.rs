@@ -6,7 +6,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 /// Where an answer can come from. The default order is the order of the variants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtractMode {
     /// The last `\boxed{…}` or `\fbox{…}` (balanced braces; nested boxes unwrap).
