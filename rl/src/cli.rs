@@ -1,9 +1,7 @@
 //! Command-line definitions. Each subcommand's work lives in `cmd/`.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
@@ -33,51 +31,12 @@ pub enum Command {
     Export(cmd::export::ExportArgs),
     /// Write a randomly initialised checkpoint (HF format, character tokenizer).
     InitModel(cmd::init_model::InitModelArgs),
-}
-
-/// How to load a model: shared by every subcommand that runs one.
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Weights dtype: float32, bfloat16 or float16 (default: the config's).
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// A LoRA adapter directory in PEFT format (adapter_config.json, adapter_model.safetensors).
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
-}
-
-impl ModelArgs {
-    pub fn load(&self) -> Result<policies::Policy> {
-        let dtype = match &self.dtype {
-            Some(name) => Some(
-                policies::config::parse_dtype(name)
-                    .ok_or_else(|| anyhow::anyhow!("unknown --dtype {name:?} (expected float32, bfloat16 or float16)"))?,
-            ),
-            None => None,
-        };
-        let device = policies::parse_device(&self.device)?;
-        Ok(policies::Policy::load(&self.model, dtype, device)?)
-    }
-
-    /// The policy and, with `--adapter`, the adapter ready for inference.
-    pub fn load_with_adapter(&self) -> Result<(policies::Policy, Option<policies::LoraRuntime>)> {
-        let policy = self.load()?;
-        let lora = match &self.adapter {
-            Some(dir) => {
-                let model = &policy.model;
-                let adapter = policies::peft::load(dir, model)?;
-                Some(tch::no_grad(|| policies::LoraRuntime::single(&model.config, &adapter, model.kind()))?)
-            }
-            None => None,
-        };
-        Ok((policy, lora))
-    }
+    /// RL on an experiment file (TOML), into a run directory.
+    Train(cmd::train::TrainArgs),
+    /// Supervised fine-tuning on an experiment file (TOML), into a run directory.
+    Sft(cmd::sft::SftArgs),
+    /// Held-out pass@1 (greedy) and pass@k of a model, with or without an adapter.
+    Eval(cmd::eval::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -93,5 +52,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => cmd::export::run(args),
         Command::Adapter(args) => cmd::adapter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
+        Command::Train(args) => cmd::train::run(args, cli.threads),
+        Command::Sft(args) => cmd::sft::run(args, cli.threads),
+        Command::Eval(args) => cmd::eval::run(args, cli.threads),
     }
 }

@@ -1,8 +1,20 @@
-//! noregret's top crate: the CLI and (in later issues) the learner, trainer loop and configs.
+//! noregret's top crate: the CLI, experiment configs, the learner and the training loop, eval,
+//! checkpoints, run directories.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
+pub mod config;
+pub mod eval;
+pub mod experiment;
+pub mod faults;
 pub mod jsonl;
+pub mod learner;
 pub mod logging;
 pub mod memory;
+pub mod model_args;
 pub mod optim;
+pub mod plan;
+pub mod run_dir;
+pub mod sft;
+pub mod train;

@@ -70,6 +70,70 @@ impl AdamW {
             p.zero_grad();
         }
     }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    /// The tensors it updates.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    /// The global L2 norm of the gradients held; with `max > 0`, scale them down to at most
+    /// `max`. Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+            let total: f64 = grads.iter().map(|g| g.square().sum(tch::Kind::Double).double_value(&[])).sum();
+            let norm = total.sqrt();
+            if max > 0.0 && norm > max {
+                for g in &grads {
+                    let _ = g.shallow_clone().g_mul_scalar_(max / (norm + 1e-6));
+                }
+            }
+            norm
+        })
+    }
+
+    /// The moments and the step count, for a checkpoint: (first moments, second moments, steps).
+    pub fn state(&self) -> (&[Tensor], &[Tensor], i64) {
+        (&self.exp_avg, &self.exp_avg_sq, self.steps)
+    }
+
+    /// Restore what [`AdamW::state`] gave; shapes must match the parameters.
+    pub fn load_state(&mut self, exp_avg: &[Tensor], exp_avg_sq: &[Tensor], steps: i64) -> Result<(), String> {
+        if exp_avg.len() != self.params.len() || exp_avg_sq.len() != self.params.len() {
+            return Err(format!("optimizer state has {} tensors, the model trains {}", exp_avg.len(), self.params.len()));
+        }
+        tch::no_grad(|| {
+            for (i, p) in self.params.iter().enumerate() {
+                if exp_avg[i].size() != p.size() || exp_avg_sq[i].size() != p.size() {
+                    return Err(format!("optimizer state tensor {i} is {:?}, the parameter {:?}", exp_avg[i].size(), p.size()));
+                }
+                self.exp_avg[i].copy_(&exp_avg[i]);
+                self.exp_avg_sq[i].copy_(&exp_avg_sq[i]);
+            }
+            Ok(())
+        })?;
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// The learning rate at optimiser step `step` (0-based): linear warmup over `warmup` steps from
+/// lr/warmup, then constant.
+pub fn scheduled_lr(lr: f64, warmup: u64, step: u64) -> f64 {
+    if warmup == 0 || step >= warmup {
+        lr
+    } else {
+        lr * (step + 1) as f64 / warmup as f64
+    }
 }
 
 #[cfg(test)]
@@ -97,5 +161,27 @@ mod tests {
         }
         assert!((p.double_value(&[0]) - expect).abs() < 1e-6, "{} vs {expect}", p.double_value(&[0]));
         assert_eq!(opt.state_numel(), 2);
+    }
+
+    #[test]
+    fn clipping_scales_the_global_norm() {
+        let a = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.0f32]).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![a.shallow_clone(), b.shallow_clone()], AdamWConfig::default());
+        // Gradients (3, 0) and (4): norm 5.
+        (&a * Tensor::from_slice(&[3.0f32, 0.0]) + &b * 4.0).sum(Kind::Float).backward();
+        let norm = opt.clip_grad_norm(1.0);
+        assert!((norm - 5.0).abs() < 1e-6);
+        let clipped = opt.clip_grad_norm(0.0);
+        assert!((clipped - 1.0).abs() < 1e-5, "{clipped}");
+        assert!((a.grad().double_value(&[0]) - 0.6).abs() < 1e-5);
+    }
+
+    #[test]
+    fn warmup_is_linear_then_constant() {
+        assert_eq!(scheduled_lr(1e-3, 0, 0), 1e-3);
+        assert!((scheduled_lr(1e-3, 4, 0) - 2.5e-4).abs() < 1e-12);
+        assert!((scheduled_lr(1e-3, 4, 3) - 1e-3).abs() < 1e-12);
+        assert_eq!(scheduled_lr(1e-3, 4, 10), 1e-3);
     }
 }

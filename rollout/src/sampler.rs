@@ -202,6 +202,9 @@ impl Sampler {
     /// Take the newest version: re-pack its adapter (a few tensor ops), keep the base weights.
     fn swap(&mut self) -> Result<()> {
         let snapshot = self.versions.latest();
+        if let Some(model) = &snapshot.model {
+            self.model = model.clone();
+        }
         self.lora = match &snapshot.adapter {
             Some(adapter) => {
                 let fits = self.packer.as_ref().map(|p| p.pack(&[adapter], self.model.kind()));
@@ -247,7 +250,7 @@ impl Sampler {
         }
         let mut cache = self.model.new_cache(lens.len() as i64, self.cache.capacity());
         let tokens = Tensor::from_slice(&padded).view([lens.len() as i64, width]).to_device(self.model.device());
-        self.model.forward_cached(&tokens, &lens, &mut cache, self.lora.as_ref())?;
+        let _ = self.model.forward_cached(&tokens, &lens, &mut cache, self.lora.as_ref())?;
         self.cache = cache;
         SamplerStats::add(&self.stats.busy_ns, started.elapsed().as_nanos() as u64);
         SamplerStats::add(&self.stats.recomputed_tokens, lens.iter().sum::<i64>() as u64);

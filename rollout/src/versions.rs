@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use policies::Adapter;
+use policies::{Adapter, Model};
 
 /// What samplers sample with at one version.
 pub struct Snapshot {
     pub version: u64,
     /// None: the base model alone.
     pub adapter: Option<Adapter>,
+    /// Full fine-tuning: the whole model at this version, replacing the samplers' base model.
+    pub model: Option<Arc<Model>>,
     /// When it was published (for the swap latency: published → first token sampled with it).
     pub published: Instant,
 }
@@ -24,7 +26,12 @@ unsafe impl Sync for Snapshot {}
 
 impl Snapshot {
     pub fn new(version: u64, adapter: Option<Adapter>) -> Snapshot {
-        Snapshot { version, adapter, published: Instant::now() }
+        Snapshot { version, adapter, model: None, published: Instant::now() }
+    }
+
+    /// A fully fine-tuned model's weights at `version`.
+    pub fn full(version: u64, model: Arc<Model>) -> Snapshot {
+        Snapshot { version, adapter: None, model: Some(model), published: Instant::now() }
     }
 }
 

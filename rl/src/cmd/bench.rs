@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::cli::ModelArgs;
+use crate::model_args::ModelArgs;
 
 #[derive(Args)]
 pub struct BenchArgs {

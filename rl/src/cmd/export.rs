@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::cli::ModelArgs;
+use crate::model_args::ModelArgs;
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -38,15 +38,22 @@ pub fn run(args: ExportArgs) -> Result<()> {
         return Ok(());
     }
     policy.model.merge_adapter(&adapter)?;
-    let weights = policy.model.named_weights();
-    policies::weights::save_safetensors(&args.out.join("model.safetensors"), &weights)?;
-    let mut config = policy.model.config.raw.clone();
-    config["tie_word_embeddings"] = serde_json::Value::Bool(policy.model.config.tie_word_embeddings);
-    policies::init::write_json(&args.out.join("config.json"), &config)?;
-    for name in SIDE_FILES {
-        copy_if_present(&policy.dir.join(name), &args.out.join(name))?;
-    }
+    write_checkpoint(&policy.model, &policy.dir, &args.out)?;
     eprintln!("wrote merged checkpoint to {}", args.out.display());
+    Ok(())
+}
+
+/// `model`'s weights as a Hugging Face checkpoint in `out`, with the tokenizer and generation
+/// files of the checkpoint it was loaded from (`source`).
+pub fn write_checkpoint(model: &policies::Model, source: &Path, out: &Path) -> Result<()> {
+    let weights = model.named_weights();
+    policies::weights::save_safetensors(&out.join("model.safetensors"), &weights)?;
+    let mut config = model.config.raw.clone();
+    config["tie_word_embeddings"] = serde_json::Value::Bool(model.config.tie_word_embeddings);
+    policies::init::write_json(&out.join("config.json"), &config)?;
+    for name in SIDE_FILES {
+        copy_if_present(&source.join(name), &out.join(name))?;
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::cli::ModelArgs;
+use crate::model_args::ModelArgs;
 
 #[derive(Args)]
 pub struct LogprobsArgs {

@@ -2,8 +2,11 @@
 
 pub mod adapter;
 pub mod bench;
+pub mod eval;
 pub mod export;
 pub mod init_model;
 pub mod logprobs;
 pub mod sample;
+pub mod sft;
+pub mod train;
 pub mod verify;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
-use crate::cli::ModelArgs;
+use crate::model_args::ModelArgs;
 
 #[derive(Args)]
 pub struct SampleArgs {

@@ -1,0 +1,12 @@
+//! Fault injection for the crash tests: `NOREGRET_FAULT=after_step:4` (or `in_checkpoint:4`)
+//! aborts the process at that point, as a SIGKILL would: no destructors, nothing flushed.
+
+/// Abort if `NOREGRET_FAULT` names this point and step.
+pub fn crash_if(point: &str, step: u64) {
+    if let Ok(spec) = std::env::var("NOREGRET_FAULT") {
+        if spec == format!("{point}:{step}") {
+            eprintln!("NOREGRET_FAULT: aborting at {spec}");
+            std::process::abort();
+        }
+    }
+}
