@@ -276,6 +276,36 @@ fn number_in_words(toks: &[Tok]) -> Option<Answer> {
     Some(if rest.is_empty() { number } else { attach_unit(number, &[Tok::Text(rest.join(" "))]) })
 }
 
+/// `18 dollars and 90 cents`, `3 hours 20 minutes`, `2 ft 3 in`: amounts of one dimension
+/// written in several known units add up (in the first one's unit).
+fn compound_quantity(toks: &[Tok], depth: usize) -> Option<Answer> {
+    const MAX_PARTS: usize = 4;
+    let is_word = |t: &Tok| matches!(t, Tok::Word { .. } | Tok::Text(_));
+    let mut cuts: Vec<usize> = (1..toks.len()).filter(|&i| matches!(toks[i], Tok::Num { .. }) && is_word(&toks[i - 1])).collect();
+    if cuts.is_empty() || cuts.len() >= MAX_PARTS || !matches!(toks.first(), Some(Tok::Num { .. })) {
+        return None;
+    }
+    cuts.insert(0, 0);
+    cuts.push(toks.len());
+    let mut total: Option<(Expr, Unit)> = None;
+    for w in cuts.windows(2) {
+        let mut part = &toks[w[0]..w[1]];
+        if part.last().is_some_and(is_and) {
+            part = &part[..part.len() - 1];
+        }
+        let Ok(Answer::Quantity { value, unit }) = parse_tokens(part, depth + 1) else { return None };
+        total = Some(match total {
+            None => (value, unit),
+            Some((sum, first)) if first.dims == unit.dims => {
+                let factor = Expr::num(&unit.scale / &first.scale);
+                (Expr::Add(Box::new(sum), Box::new(Expr::Mul(Box::new(value), Box::new(factor)))), first)
+            }
+            Some(_) => return None,
+        });
+    }
+    total.map(|(value, unit)| Answer::Quantity { value, unit })
+}
+
 /// The whole real line, in words.
 fn is_real_line(text: &str) -> bool {
     matches!(text, "all real numbers" | "all reals" | "real numbers" | "all real values" | "every real number")
@@ -332,6 +362,9 @@ fn parse_tokens(toks: &[Tok], depth: usize) -> Result<Answer, String> {
     let mut toks = toks;
     while let Some(Tok::Sym('.') | Tok::Sym(';')) = toks.last() {
         toks = &toks[..toks.len() - 1];
+    }
+    if let Some(sum) = compound_quantity(toks, depth) {
+        return Ok(sum);
     }
     if let Some(at) = unit_start(toks) {
         return Ok(attach_unit(parse_tokens(&toks[..at], depth + 1)?, &toks[at..]));

@@ -71,6 +71,7 @@ struct Patterns {
     or_word: Regex,
     aside: Regex,
     restated: Regex,
+    filler: Regex,
 }
 
 /// Compiled once, read-only afterwards: no mutable global state.
@@ -86,6 +87,8 @@ fn patterns() -> &'static Patterns {
             aside: re(r"\s\((?:[A-Za-z]{2,}|i\.e\.|e\.g\.|[^()]*=)|,\s+([A-Za-z]{2,})\b"),
             // "The 10th term is 31": a restated answer is what follows its last linking verb.
             restated: re(r"(?i)\s(?:is|are|was|were|equals|equal to|becomes|comes to|total of)\s"),
+            // Words that qualify a value without changing it: "approximately 1.2 × 10^5".
+            filler: re(r"(?i)^(?:approximately|approx\.?|about|roughly|around|nearly|exactly|just|only|precisely|equal to|~)\s+"),
             hedge: re(r"(?i)(?:\bor\b|\\lor\b|\bmaybe\b|\beither\b)"),
             or_word: re(r"(?i)\\text\{\s*or\s*\}|\\lor\b|\bor\b"),
             choice: re(r"\(([A-J])\)|\b(?:[Oo]ption|[Cc]hoice)\s+([A-J])\b"),
@@ -310,7 +313,8 @@ fn phrase_value(sentence: &str) -> &str {
     if let Some(m) = p.restated.find_iter(s).last().filter(|_| restated) {
         s = &s[m.end()..];
     }
-    fallback::strip_label(s.trim().trim_matches('*').trim())
+    let s = fallback::strip_label(s.trim().trim_matches('*').trim());
+    p.filler.find(s).map_or(s, |m| &s[m.end()..])
 }
 
 fn clean_phrase_answer(s: &str) -> String {

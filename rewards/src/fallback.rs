@@ -18,6 +18,7 @@ struct Patterns {
     side_clause: Regex,
     trailing_at: Regex,
     linking: Regex,
+    assignments: Regex,
     math_marker: Regex,
     given: Regex,
     prose_break: Regex,
@@ -38,6 +39,8 @@ fn patterns() -> &'static Patterns {
             // π multiples, radicals, mixed numbers, space-grouped thousands, decimals, fractions,
             // powers, e-notation, `× 10^k`, scale words, percent.
             number: re(concat!(
+                r"\d+\s+(?:dollars?|hours?|hrs?|feet|foot|ft|pounds?|lbs?|minutes?|min|m|km|kg)\s+(?:and\s+)?",
+                r"\d+\s+(?:cents?|minutes?|mins?|seconds?|s|inches|inch|in|ounces?|oz|cm|m|g)\b|",
                 r"(?:\d+(?:\.\d+)?\s*)?π(?:\s*/\s*\d+)?|(?:\d+\s*)?√\s*\d+(?:\s*/\s*\d+)?",
                 r"|-?(?:\d+ \d+/\d+|\d{1,3}(?: \d{3})+\b|\d[\d,]*(?:\.\d+)?(?:/\d+)?(?:\^\{?-?\d+\}?)?(?:[eE][-+]?\d+)?",
                 r"(?:\s*(?:×|x|\*|·|\\times|\\cdot)\s*10\^(?:\{-?\d+\}|-?\d+))?)",
@@ -56,6 +59,10 @@ fn patterns() -> &'static Patterns {
                 r"|\bat\s+\$?[A-Za-z]\s*=|\s\([^()]*[A-Za-z]{2}"
             )),
             trailing_at: re(r"(?i)\b(?:at|for|when|where|with)\s*$"),
+            assignments: re(concat!(
+                r"(?i)[a-z]\s*=\s*-?\d+(?:\.\d+)?(?:/\d+)?",
+                r"(?:\s*(?:,|;|and|,\s*and)\s*[a-z]\s*=\s*-?\d+(?:\.\d+)?(?:/\d+)?)+$"
+            )),
             linking: re(r"(?i)(?:\b(?:is|are|equals|be|becomes|gives|get)\b|=)\s*"),
             math_marker: re(r"[√π∞^≤≥<>≠\[\]]|\\[a-z]|\b[a-z]\b\s*[-+*/]"),
             word_3: re(r"(?:^|[^\\A-Za-z])([A-Za-z]{3,})"),
@@ -287,13 +294,13 @@ pub fn last_number(text: &str) -> Result<Option<String>, String> {
     if let Some(math) = prose_math(&trimmed[final_start..]) {
         return Ok(Some(math));
     }
+    // A number in words that ends the final sentence after its last digits wins.
+    let in_words = number_in_words(&trimmed[final_start..]).map(|(w, e)| (w, final_start + e));
     let Some(&(mut start, mut end)) = found.back() else {
-        return Ok(number_in_words(&trimmed[final_start..]));
+        return Ok(in_words.map(|(w, _)| w));
     };
-    if start < final_start {
-        if let Some(w) = number_in_words(&trimmed[final_start..]) {
-            return Ok(Some(w));
-        }
+    if let Some((w, _)) = in_words.filter(|(_, e)| *e > end) {
+        return Ok(Some(w));
     }
     // Side clause: the last number before the first side marker that has a number before it.
     let sentence_from = sentence_start(text, start);
@@ -319,6 +326,10 @@ fn prose_math(sentence: &str) -> Option<String> {
     const MAX_CHARS: usize = 80;
     let p = patterns();
     let sentence = sentence.trim_end_matches(['.', '!', '?', ' ']);
+    // "we get x = 3 and y = -1": several solved unknowns.
+    if let Some(m) = p.assignments.find(sentence) {
+        return Some(m.as_str().to_string());
+    }
     let m = p.linking.find_iter(sentence).last()?;
     let tail = sentence[m.end()..].trim();
     // Words of prose ("roughly", "bacteria") mean this is not a formula; function names are.
@@ -334,7 +345,7 @@ fn prose_math(sentence: &str) -> Option<String> {
 
 /// The last number written in words in a sentence ("forty boxes", "two thirds"). A bare "one"
 /// counts only after "exactly", "only", "is", "are" or "equals" ("no one" is not a number).
-fn number_in_words(sentence: &str) -> Option<String> {
+fn number_in_words(sentence: &str) -> Option<(String, usize)> {
     let mut spans: Vec<(usize, usize, String)> = Vec::new();
     let mut start = None;
     for (i, c) in sentence.char_indices().chain(std::iter::once((sentence.len(), ' '))) {
@@ -363,7 +374,7 @@ fn number_in_words(sentence: &str) -> Option<String> {
         let mut j = i;
         while j + 1 < spans.len()
             && sentence[spans[j].1..spans[j + 1].0].chars().all(|c| c == ' ' || c == '-')
-            && (words::is_number_word(&spans[j + 1].2) || matches!(spans[j + 1].2.as_str(), "and" | "a" | "an"))
+            && (words::is_number_word(&spans[j + 1].2) || matches!(spans[j + 1].2.as_str(), "and" | "a" | "an" | "point"))
         {
             j += 1;
         }
@@ -373,7 +384,8 @@ fn number_in_words(sentence: &str) -> Option<String> {
             let bare_one = used == 1 && matches!(word, "one" | "a" | "an");
             let committed = matches!(prev, Some("exactly" | "only" | "is" | "are" | "equals" | "be"));
             if !bare_one || committed {
-                best = Some(sentence[spans[i].0..spans[i + used - 1].1].to_string());
+                let end = spans[i + used - 1].1;
+                best = Some((sentence[spans[i].0..end].to_string(), end));
             }
             i += used;
         } else {
@@ -405,6 +417,9 @@ mod tests {
         assert!(last_number("From the problem, 3x + 2 = 17.").is_err());
         assert_eq!(last_number("Thus 2x + 1 = 19 gives x = 9."), Ok(Some("9".into())));
         assert_eq!(last_number("They need forty boxes."), Ok(Some("forty".into())));
+        assert_eq!(last_number("She spent 5, so she has fifteen left."), Ok(Some("fifteen".into())));
+        assert_eq!(last_number("we get x = 3 and y = -1."), Ok(Some("x = 3 and y = -1".into())));
+        assert_eq!(last_number("It costs 18 dollars and 90 cents."), Ok(Some("18 dollars and 90 cents".into())));
         assert_eq!(last_number("No one knows."), Ok(None));
     }
 

@@ -490,10 +490,16 @@ fn detect_period(frac: &str) -> Option<String> {
     None
 }
 
-/// Scientific notation the character lexer cannot see: `1.2 x 10^5` (the letter x as the times
-/// sign, only between a number and a power of ten) and scale words (`2.5 million`).
+/// What the character lexer cannot see: `1.2 x 10^5` (the letter x as the times sign, only
+/// between a number and a power of ten), scale words (`2.5 million`), and the C or F of `25°C`.
 fn fold_scientific(mut toks: Vec<Tok>) -> Vec<Tok> {
     for i in 1..toks.len() {
+        // `25°C`: the C or F after a degree sign names the scale (a unit), not a variable.
+        if toks[i - 1] == Tok::Degree && matches!(&toks[i], Tok::Word { text, .. } if text == "C" || text == "F") {
+            if let Tok::Word { text, .. } = &toks[i] {
+                toks[i] = Tok::Text(text.clone());
+            }
+        }
         let after_number = matches!(toks[i - 1], Tok::Num { .. });
         let times_x = matches!(&toks[i], Tok::Word { text, .. } if text == "x" || text == "X")
             && matches!(toks.get(i + 1), Some(Tok::Num { digits, exp10: 0, .. }) if digits == "10")

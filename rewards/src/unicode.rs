@@ -119,6 +119,8 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
             out.push('-');
         } else if c == '⁄' {
             out.push('/');
+        } else if c == '℃' || c == '℉' {
+            out.push_str(if c == '℃' { "°C" } else { "°F" });
         } else if c == 'ℝ' {
             // A letter to the tokenizer; the real line to a reader.
             out.push_str("\\mathbb{R}");

@@ -77,6 +77,9 @@ impl Verifier {
 
     /// The response's final answer under this configuration.
     pub fn extract(&self, response: &str) -> Extraction {
+        if response.len() > MAX_INPUT_BYTES {
+            return self.extract_normalized(response);
+        }
         self.extract_normalized(&normalize(response))
     }
 

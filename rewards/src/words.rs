@@ -148,7 +148,17 @@ pub fn leading_number(words: &[&str]) -> Option<(BigRational, usize)> {
         Some((whole, used)) => {
             let whole = BigRational::from_integer(whole);
             // "three fourths": the cardinal is a numerator.
-            if let Some(den) = rest.get(used).and_then(|w| denominator(w)) {
+            if rest.get(used) == Some(&"point") {
+                // "three point one four": digits after the point, one word each.
+                let digits: Vec<u32> = rest[used + 1..].iter().map_while(|w| small(w).filter(|d| *d < 10)).collect();
+                if digits.is_empty() {
+                    (whole, used)
+                } else {
+                    let frac: String = digits.iter().map(|d| char::from(b'0' + *d as u8)).collect();
+                    let frac = crate::number::parse_decimal(&format!("0.{frac}"), None)?;
+                    (whole + frac, used + 1 + digits.len())
+                }
+            } else if let Some(den) = rest.get(used).and_then(|w| denominator(w)) {
                 (whole / BigRational::from_integer(den.into()), used + 1)
             } else if rest.get(used) == Some(&"and") {
                 // "one and a half", "two and three quarters".
@@ -219,5 +229,6 @@ mod tests {
         assert_eq!(value("one and a half").as_deref(), Some("3/2"));
         assert_eq!(value("two and three quarters").as_deref(), Some("11/4"));
         assert_eq!(value("fourth"), None);
+        assert_eq!(value("three point one four").as_deref(), Some("157/50"));
     }
 }
