@@ -80,6 +80,10 @@ pub fn answers_equivalent(gold: &Answer, resp: &Answer) -> Outcome {
             }
             all_pairs(g.iter().flatten().zip(r.iter().flatten()), exprs_equivalent)
         }
+        // A row vector against `[1, 2]` (read as a closed interval).
+        (Matrix(m), i @ Interval { .. }) | (i @ Interval { .. }, Matrix(m)) if row_cells(i).is_some() => {
+            answers_equivalent(&Matrix(m.clone()), &Tuple(row_cells(i).unwrap_or_default()))
+        }
         // A vector written as a one-column or one-row matrix against a tuple.
         (Matrix(m), Tuple(t)) | (Tuple(t), Matrix(m)) => match vector_of(m) {
             Some(v) if v.len() == t.len() => {

@@ -243,7 +243,7 @@ impl Expr {
                         },
                         _ => None,
                     };
-                    k.filter(|_| ten).map(|k: i64| i64::from(*d) - k)
+                    k.filter(|_| ten).and_then(|k: i64| i64::from(*d).checked_sub(k))
                 }
                 _ => None,
             },

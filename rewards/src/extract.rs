@@ -59,6 +59,9 @@ pub enum Extraction {
     NotAnswer(String),
 }
 
+/// Why extraction found nothing when no mode matched (as opposed to a refusal: cut off, hedged…).
+pub const NO_ANSWER: &str = "no answer found";
+
 /// Longest answer text kept from a phrase such as "the answer is …".
 const MAX_PHRASE_ANSWER: usize = 400;
 
@@ -115,11 +118,17 @@ pub fn is_hedged(answer: &str) -> bool {
 
 pub fn extract(text: &str, modes: &[ExtractMode]) -> Extraction {
     let uncommitted = [ExtractMode::Bold, ExtractMode::MathSpan, ExtractMode::LastNumber];
+    // The text the uncommitted modes read, found once, when the first of them is reached.
+    let mut region: Option<&str> = None;
     for &mode in modes {
-        // Without a marked answer, a response cut off mid-sentence has none.
-        if uncommitted.contains(&mode) && fallback::cut_off(text) {
-            return Extraction::NotAnswer("response cut off mid-reasoning".into());
+        if uncommitted.contains(&mode) && region.is_none() {
+            // Without a marked answer, a response cut off mid-sentence has none.
+            if fallback::cut_off(text) {
+                return Extraction::NotAnswer("response cut off mid-reasoning".into());
+            }
+            region = Some(fallback::committed_region(text));
         }
+        let committed = region.unwrap_or(text);
         let found = match mode {
             ExtractMode::Boxed => match boxed(text) {
                 BoxResult::Found(s) => Some(s),
@@ -129,9 +138,9 @@ pub fn extract(text: &str, modes: &[ExtractMode]) -> Extraction {
             ExtractMode::Gsm8k => gsm8k(text),
             ExtractMode::FinalAnswer => after_phrase(text, &patterns().final_answer),
             ExtractMode::AnswerIs => after_phrase(text, &patterns().answer_is),
-            ExtractMode::Bold => fallback::bold(fallback::committed_region(text), &patterns().bold),
-            ExtractMode::MathSpan => fallback::last_math_span(fallback::committed_region(text)),
-            ExtractMode::LastNumber => match fallback::last_number(fallback::committed_region(text)) {
+            ExtractMode::Bold => fallback::bold(committed, &patterns().bold),
+            ExtractMode::MathSpan => fallback::last_math_span(committed),
+            ExtractMode::LastNumber => match fallback::last_number(committed) {
                 Ok(found) => found,
                 Err(why) => return Extraction::NotAnswer(why),
             },
@@ -140,7 +149,7 @@ pub fn extract(text: &str, modes: &[ExtractMode]) -> Extraction {
             return Extraction::Found { answer, mode };
         }
     }
-    Extraction::NotAnswer("no answer found".into())
+    Extraction::NotAnswer(NO_ANSWER.into())
 }
 
 /// The answer inside a gold string: its box, its `####` line, or the whole string.

@@ -7,7 +7,7 @@
 /// Most tokens one answer may have.
 pub const MAX_TOKENS: usize = 4000;
 /// Deepest `\text{…}` re-tokenisation.
-const MAX_TEXT_NESTING: usize = 8;
+const MAX_TEXT_NESTING: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tok {

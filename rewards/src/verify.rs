@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use crate::answer::{parse_answer, parse_choice, Answer};
 use crate::equiv::answers_equivalent;
-use crate::extract::{extract, gold_answer, is_hedged, last_choice_letter, or_as_comma, ExtractMode, Extraction};
+use crate::extract::{extract, gold_answer, is_hedged, last_choice_letter, or_as_comma, ExtractMode, Extraction, NO_ANSWER};
 use crate::unicode::normalize;
 
 /// Longest gold or response accepted (bytes); longer input is "not equivalent".
@@ -98,11 +98,18 @@ impl Verifier {
             return not_correct(None, format!("response longer than {MAX_INPUT_BYTES} bytes"));
         }
         let response = normalize(response);
+        let gold = gold_answer(&normalize(gold));
         let answer = match self.extract_normalized(&response) {
             Extraction::Found { answer, .. } => answer,
+            // A multiple-choice pick named only in prose: "the correct choice is (D)."
+            Extraction::NotAnswer(why) if why == NO_ANSWER && matches!(parse_answer(&gold), Ok(Answer::Choice(_))) => {
+                match last_choice_letter(&response) {
+                    Some(c) => c.to_string(),
+                    None => return not_correct(None, why),
+                }
+            }
             Extraction::NotAnswer(why) => return not_correct(None, why),
         };
-        let gold = gold_answer(&normalize(gold));
         let verdict = |correct: bool, reason: Option<String>| Verdict { correct, extracted: Some(answer.clone()), reason };
         if answer.chars().count() > MAX_ANSWER_CHARS {
             let short: String = answer.chars().take(200).collect();

@@ -156,6 +156,32 @@ fn random_token_soup_never_panics_and_is_bounded() {
     }
 }
 
+/// Prose, Unicode maths and units, glued at random: the uncommitted modes (no box), the
+/// normalisation and the unit and word readers see them.
+const PROSE: &[&str] = &[
+    "The answer is ", "Answer: ", "**", "Total: ", "so ", "x = ", "3x + 2 = ", "17", "−", "½", "2½", "²", "⁻³",
+    "³⁄₈", "∠A", "m∠", "√", "∛", "π", "∞", "ℝ", "℃", "°", "°C", "\u{a0}", "\u{2009}", "\u{200b}", "４２", "．",
+    "1 000", "1.2 × 10^5", "1.2·10⁵", "1.2e-3", " x 10^", "km/h", " m/s", " cm", " mm²", " hours", " dollars and ",
+    " cents", "twenty-four", "three-fourths", "one and a half", " point ", "million", "negative ", "a ", "one",
+    ", which is ", " when ", ", attained at $x = 2$", " since ", " (", ")", " (out of 40)", "[", "]", "$", "$$",
+    "\\(", "\\)", "\\approx", "≈", "\\over", "{", "}", "\\lim_{x\\to0}", " = ", "Given that ", "From the problem, ",
+    "Let n = ", "Check: ", "Verification: ", " ✓", ".", ". ", ",", ":", "\n", "\n\n", " and ", " or ", "i", "(1+i)^2",
+    "\\mathbb{R}", "\\{5\\}", "[[1, 2], [3, 4]]", "(x, y) = (3, -1)", "😀", "é", "\u{301}", "Σ", "∑", "∫",
+];
+
+#[test]
+fn random_prose_never_panics() {
+    let mut rng = Rng(0x0DD5_EED5_0000_0016);
+    for _ in 0..4000 {
+        let n = rng.below(30);
+        let response: String = (0..n).map(|_| PROSE[rng.below(PROSE.len())]).collect();
+        let gold: String = (0..rng.below(4)).map(|_| PROSE[rng.below(PROSE.len())]).collect();
+        let v = timed_verify(&gold, &response);
+        assert!(v.correct || v.reason.is_some());
+        timed_verify(&response, &response);
+    }
+}
+
 #[test]
 fn random_unicode_never_panics() {
     let mut rng = Rng(0xC0FF_EE00_0000_0042);
