@@ -206,14 +206,21 @@ fn box_at(text: &str, start: usize, cmd_len: usize) -> Option<(usize, usize, Str
     None
 }
 
+/// Where `\\boxed` and `\\fbox` start, in order, with the command's length. Found from the
+/// backslashes (a one-byte search), which is much faster on long texts than two substring scans.
 fn box_starts(text: &str) -> Vec<(usize, usize)> {
-    let mut starts: Vec<(usize, usize)> = text
-        .match_indices("\\boxed")
-        .map(|(i, _)| (i, 6))
-        .chain(text.match_indices("\\fbox").map(|(i, _)| (i, 5)))
-        .collect();
-    starts.sort_unstable();
-    starts
+    text.match_indices('\\')
+        .filter_map(|(i, _)| {
+            let rest = &text[i..];
+            if rest.starts_with("\\boxed") {
+                Some((i, 6))
+            } else if rest.starts_with("\\fbox") {
+                Some((i, 5))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// The last box; boxes joined by "and"/commas form a list; boxes joined by "or" are a hedge.

@@ -44,7 +44,7 @@ fn patterns() -> &'static Patterns {
                 r"\d+\s+(?:cents?|minutes?|mins?|seconds?|s|inches|inch|in|ounces?|oz|cm|m|g)\b|",
                 r"(?:\d+(?:\.\d+)?\s*)?π(?:\s*/\s*\d+)?|(?:\d+\s*)?√\s*\d+(?:\s*/\s*\d+)?",
                 r"|-?(?:\d+ \d+/\d+|\d{1,3}(?: \d{3})+\b|\d[\d,]*(?:\.\d+)?(?:/\d+)?(?:\^\{?-?\d+\}?)?(?:[eE][-+]?\d+)?",
-                r"(?:\s*(?:×|x|\*|·|\\times|\\cdot)\s*10\^(?:\{-?\d+\}|-?\d+))?)",
+                r"(?:\s*(?:×|x|\*|·|\\times|\\cdot)\s*10\^(?:\{-?\d+\}|\(-?\d+\)|-?\d+))?)",
                 r"(?:\s+(?:thousand|million|billion|trillion)\b)?(?:\s?%)?"
             )),
             verification: re(concat!(

@@ -146,7 +146,8 @@ impl Lexer {
                 let digit = if c == '²' { "2" } else { "3" };
                 Tok::Num { digits: digit.into(), repeating: None, exp10: 0 }
             }
-            '$' => return Ok(()),
+            // Currency signs carry no value (`\$` and `$` are already dropped).
+            '$' | '€' | '£' | '¥' | '₹' => return Ok(()),
             '*' if self.peek() == Some('*') => {
                 // `**` is Python's power.
                 self.pos += 1;

@@ -65,6 +65,28 @@ fn vulgar_fraction(c: char) -> Option<(u8, u8)> {
     })
 }
 
+/// Greek letters as the LaTeX names the parser knows (`θ` is `\theta`); π stays, the tokenizer
+/// reads it.
+fn greek_name(c: char) -> Option<&'static str> {
+    Some(match c {
+        'α' => "alpha",
+        'β' => "beta",
+        'γ' => "gamma",
+        'δ' => "delta",
+        'ε' => "epsilon",
+        'θ' => "theta",
+        'λ' => "lambda",
+        'μ' => "mu",
+        'σ' => "sigma",
+        'τ' => "tau",
+        'φ' | 'ϕ' => "phi",
+        'ω' => "omega",
+        'Δ' => "Delta",
+        'Ω' => "Omega",
+        _ => return None,
+    })
+}
+
 /// Full-width forms (`４２`, `．`) and mathematical bold/sans digits (`𝟒`) as ASCII.
 fn ascii_form(c: char) -> Option<char> {
     let u = c as u32;
@@ -119,6 +141,13 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
             out.push('-');
         } else if c == '⁄' {
             out.push('/');
+        } else if let Some(name) = greek_name(c) {
+            out.push('\\');
+            out.push_str(name);
+            // `2θx`: the command name must not run into the next letter.
+            if chars.get(i + 1).is_some_and(|n| n.is_alphabetic()) {
+                out.push(' ');
+            }
         } else if c == '℃' || c == '℉' {
             out.push_str(if c == '℃' { "°C" } else { "°F" });
         } else if c == 'ℝ' {
@@ -181,6 +210,7 @@ mod tests {
         assert_eq!(normalize("³⁄₈"), "\\frac{3}{8}");
         assert_eq!(normalize("log₂ 8"), "log_{2} 8");
         assert_eq!(normalize("1\u{200B}7"), "17");
+        assert_eq!(normalize("2θ + α"), "2\\theta + \\alpha");
         assert_eq!(normalize("plain"), "plain");
     }
 }

@@ -70,7 +70,7 @@ pub fn is_number_word(word: &str) -> bool {
         || tens(word).is_some()
         || scale(word).is_some()
         || denominator(word).is_some()
-        || matches!(word, "hundred" | "negative" | "minus")
+        || matches!(word, "hundred" | "dozen" | "negative" | "minus")
 }
 
 /// A cardinal at the start of `words`: (value, words used). Grammar: groups of
@@ -88,7 +88,7 @@ fn cardinal(words: &[&str]) -> Option<(BigInt, usize)> {
             "unit"
         } else if tens(w).is_some() {
             "tens"
-        } else if w == "hundred" {
+        } else if w == "hundred" || w == "dozen" || w == "dozens" {
             "hundred"
         } else if scale(w).is_some() {
             "scale"
@@ -118,6 +118,8 @@ fn cardinal(words: &[&str]) -> Option<(BigInt, usize)> {
             "unit" => group += u64::from(small(w).unwrap_or(0)),
             "tens" => group += u64::from(tens(w).unwrap_or(0)),
             "article" => {}
+            // "two dozen" multiplies like "two hundred".
+            "hundred" if w.starts_with("dozen") => group = group.max(1) * 12,
             "hundred" => group = group.max(1) * 100,
             _ => {
                 let power = scale(w).unwrap_or(0);
@@ -210,6 +212,8 @@ mod tests {
         assert_eq!(value("two thousand and five").as_deref(), Some("2005"));
         assert_eq!(value("eleven hundred").as_deref(), Some("1100"));
         assert_eq!(value("a thousand").as_deref(), Some("1000"));
+        assert_eq!(value("two dozen").as_deref(), Some("24"));
+        assert_eq!(value("a dozen").as_deref(), Some("12"));
         assert_eq!(value("three billion").as_deref(), Some("3000000000"));
         assert_eq!(
             value("nine hundred ninety-nine thousand nine hundred ninety-nine").as_deref(),
