@@ -109,7 +109,7 @@ pub fn cut_off(text: &str) -> bool {
         return true;
     }
     if last.is_alphabetic() {
-        let word: String = t.chars().rev().take_while(|c| c.is_alphabetic()).collect::<Vec<_>>().into_iter().rev().collect();
+        let word = t.rsplit(|c: char| !c.is_alphabetic()).next().unwrap_or("");
         return CONNECTORS.contains(&word.to_lowercase().as_str());
     }
     false
@@ -155,13 +155,13 @@ pub fn bold(text: &str, bold_re: &Regex) -> Option<String> {
         let alone = text[line_start..line_end].trim().len() == m.as_str().len();
         alone && !text[line_end..].trim().is_empty()
     };
-    let span = bold_re
+    // From the last span back, cheap checks first: each heading is alone on its line, so the line
+    // scans add up to one pass over the text.
+    let spans: Vec<(regex::Match<'_>, &str)> = bold_re
         .captures_iter(text)
-        .filter(|c| c.get(0).is_some_and(|m| !heading(m)))
-        .filter_map(|c| c.get(1))
-        .map(|m| m.as_str().trim())
-        .filter(|s| !s.ends_with(':') && !s.is_empty())
-        .last()?;
+        .filter_map(|c| Some((c.get(0)?, c.get(1)?.as_str().trim())))
+        .collect();
+    let (_, span) = spans.into_iter().rev().filter(|(_, s)| !s.ends_with(':') && !s.is_empty()).find(|(m, _)| !heading(*m))?;
     Some(strip_label(span).trim_matches('$').trim().to_string())
 }
 
@@ -341,13 +341,14 @@ pub fn last_number(text: &str) -> Result<Option<String>, String> {
     let sentence_from = sentence_start(text, start);
     let earlier: Vec<&(usize, usize)> = found.iter().filter(|(s, _)| *s >= sentence_from).collect();
     let sentence_end = text[end..].find(['\n', '.']).map_or(text.len(), |k| end + k);
+    // A marker is trailing when no ", " starts after it (before the last number).
+    let last_comma = text[sentence_from..end].rfind(", ").map(|k| sentence_from + k);
     for m in p.side_clause.find_iter(&text[sentence_from..sentence_end]) {
         let marker = sentence_from + m.start();
         if marker >= start {
             break;
         }
-        let clause = &text[marker..end];
-        let trailing = !clause[clause.chars().next().map_or(0, char::len_utf8)..].contains(", ");
+        let trailing = last_comma.is_none_or(|c| c <= marker);
         if let Some(&&(s, e)) = earlier.iter().rev().find(|(_, e)| *e <= marker).filter(|_| trailing) {
             (start, end) = (s, e);
             break;

@@ -70,6 +70,34 @@ fn megabyte_strings() {
 }
 
 #[test]
+fn long_prose_through_the_uncommitted_modes() {
+    // Each stresses one scan of the bold, math-span or last-number modes, or the normalisation:
+    // many candidates, many side-clause markers, long runs to rewrite.
+    let inputs = [
+        "**1** ".repeat(80_000),
+        "**a:** ".repeat(70_000),
+        "**a**\n".repeat(80_000),
+        "$5 for the ".repeat(40_000),
+        "one ".repeat(120_000),
+        "twenty ".repeat(70_000),
+        "x = 1, ".repeat(70_000),
+        "Check: 1 = 1. ".repeat(35_000),
+        "when 1 ".repeat(70_000),
+        "Given that x = 1. ".repeat(25_000),
+        "3x + 2 = ".repeat(50_000),
+        "18 dollars and 90 cents ".repeat(20_000),
+        "½".repeat(200_000),
+        "²".repeat(200_000),
+        "θ".repeat(150_000),
+        format!("The answer is {}", "√".repeat(100_000)),
+    ];
+    for text in &inputs {
+        timed_verify("5", text);
+        timed_verify(&text.chars().take(2000).collect::<String>(), "\\boxed{5}");
+    }
+}
+
+#[test]
 fn nul_bytes_and_control_characters() {
     assert_rejected("5", "\\boxed{5\0}");
     assert_rejected("5", &"\0".repeat(100_000));
