@@ -4,6 +4,8 @@
 use crate::expr::Expr;
 use crate::lex::{self, Tok};
 use crate::parse::parse_expr;
+use crate::units::{self, Unit};
+use crate::words;
 
 /// Most elements in one set, tuple, list or matrix.
 pub const MAX_ELEMENTS: usize = 512;
@@ -46,6 +48,8 @@ pub enum Answer {
     Relation { lhs: Expr, op: RelOp, rhs: Expr },
     Choice(char),
     Text(String),
+    /// A number with a known unit (`50 mm`); a number with an unknown one is just the number.
+    Quantity { value: Expr, unit: Unit },
 }
 
 fn opens(t: &Tok) -> bool {
@@ -106,8 +110,7 @@ fn is_unit_word(tok: &Tok) -> bool {
                     | "sec" | "min" | "mph" | "kph" | "lb" | "lbs" | "oz" | "units" | "unit" | "sq"
                     | "cents" | "dollars" | "degrees" | "meters" | "inches" | "feet" | "miles"
             );
-            let reserved = lex::is_function_name(t) || matches!(t, "pi" | "e" | "inf" | "infinity" | "and" | "or");
-            !reserved && (known || (*spaced && t.chars().count() >= 2))
+            !is_reserved(t) && (known || (*spaced && t.chars().count() >= 2))
         }
         _ => false,
     }
@@ -143,6 +146,58 @@ fn trim_noise(mut toks: &[Tok]) -> &[Tok] {
         }
     }
     toks
+}
+
+fn is_reserved(word: &str) -> bool {
+    lex::is_function_name(word) || matches!(word, "pi" | "e" | "inf" | "infinity" | "and" | "or")
+}
+
+/// Where a unit tail starts (`5 cm`, `60 km/h`, `12 \text{ m}^2`, `3 \text{ apples}`): the
+/// first token from which every token belongs to a unit, after a value that is not only words.
+/// A one-letter unit (`5 m`, `3 h`) counts only after a value without letters.
+fn unit_start(toks: &[Tok]) -> Option<usize> {
+    let starts = |i: usize| match &toks[i] {
+        Tok::Text(_) => true,
+        Tok::Word { text, spaced } => {
+            let letters = text.chars().count();
+            let plain_value = !toks[..i].iter().any(|t| matches!(t, Tok::Word { .. } | Tok::Text(_) | Tok::Cmd(_)));
+            !is_reserved(text) && ((units::is_known(text) && (letters >= 2 || plain_value)) || (*spaced && letters >= 2))
+        }
+        _ => false,
+    };
+    let in_tail = |i: usize| match &toks[i] {
+        Tok::Word { text, .. } => !is_reserved(text),
+        Tok::Text(_) | Tok::Sym('/') | Tok::Sym('^') | Tok::Sym('*') | Tok::Sym('{') | Tok::Sym('}') => true,
+        // Only powers: `m^2`, `s^{-1}`.
+        Tok::Num { .. } | Tok::Sym('-') => matches!(toks[i - 1], Tok::Sym('^') | Tok::Sym('{') | Tok::Sym('-')),
+        _ => false,
+    };
+    let first = (1..toks.len()).find(|&i| starts(i))?;
+    let value_is_words = toks[..first].iter().all(is_wordy);
+    (!value_is_words && (first..toks.len()).all(in_tail)).then_some(first)
+}
+
+/// A value with its unit tail: degrees and percent in words become marks, a known unit makes
+/// a [`Answer::Quantity`], an unknown one is dropped.
+fn attach_unit(value: Answer, tail: &[Tok]) -> Answer {
+    let Answer::Expr(e) = value else { return value };
+    let words: Vec<String> = tail
+        .iter()
+        .flat_map(|t| match t {
+            Tok::Word { text, .. } => vec![text.to_lowercase()],
+            Tok::Text(s) => words::split_words(s),
+            _ => Vec::new(),
+        })
+        .collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["degrees" | "degree" | "deg"] => return Answer::Expr(Expr::Degrees(Box::new(e))),
+        ["percent"] | ["per", "cent"] => return Answer::Expr(Expr::Percent(Box::new(e))),
+        _ => {}
+    }
+    match units::parse_unit(tail) {
+        Some(unit) => Answer::Quantity { value: e, unit },
+        None => Answer::Expr(e),
+    }
 }
 
 fn is_wordy(t: &Tok) -> bool {
@@ -198,28 +253,89 @@ fn is_and(t: &Tok) -> bool {
     }
 }
 
-/// `four` → 4: number words from zero to twenty, and the tens.
-fn number_word(toks: &[Tok]) -> Option<i64> {
-    let word = match toks {
-        [Tok::Word { text, .. }] | [Tok::Text(text)] => text.trim().to_lowercase(),
-        _ => return None,
-    };
-    const WORDS: [&str; 21] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
-    ];
-    const TENS: [(&str, i64); 7] =
-        [("thirty", 30), ("forty", 40), ("fifty", 50), ("sixty", 60), ("seventy", 70), ("eighty", 80), ("ninety", 90)];
-    WORDS
-        .iter()
-        .position(|w| *w == word)
-        .map(|i| i as i64)
-        .or_else(|| TENS.iter().find(|(w, _)| *w == word).map(|(_, n)| *n))
+/// A number in words (`twenty-four`, `three quarters`, `negative seven`), possibly followed by
+/// a few other words (`fifteen apples`, `two hours`) that are not themselves number words.
+fn number_in_words(toks: &[Tok]) -> Option<Answer> {
+    if !toks.iter().all(|t| matches!(t, Tok::Word { .. } | Tok::Text(_) | Tok::Sym('-'))) {
+        return None;
+    }
+    let mut all = Vec::new();
+    for t in toks {
+        match t {
+            Tok::Word { text, .. } | Tok::Text(text) => all.extend(words::split_words(text)),
+            _ => {}
+        }
+    }
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (value, used) = words::leading_number(&refs)?;
+    let rest = &refs[used..];
+    if rest.len() > 4 || rest.iter().any(|w| words::is_number_word(w)) {
+        return None;
+    }
+    let number = Answer::Expr(Expr::num(value));
+    Some(if rest.is_empty() { number } else { attach_unit(number, &[Tok::Text(rest.join(" "))]) })
+}
+
+/// `18 dollars and 90 cents`, `3 hours 20 minutes`, `2 ft 3 in`: amounts of one dimension
+/// written in several known units add up (in the first one's unit).
+fn compound_quantity(toks: &[Tok], depth: usize) -> Option<Answer> {
+    const MAX_PARTS: usize = 4;
+    let is_word = |t: &Tok| matches!(t, Tok::Word { .. } | Tok::Text(_));
+    let mut cuts: Vec<usize> = (1..toks.len()).filter(|&i| matches!(toks[i], Tok::Num { .. }) && is_word(&toks[i - 1])).collect();
+    if cuts.is_empty() || cuts.len() >= MAX_PARTS || !matches!(toks.first(), Some(Tok::Num { .. })) {
+        return None;
+    }
+    cuts.insert(0, 0);
+    cuts.push(toks.len());
+    let mut total: Option<(Expr, Unit)> = None;
+    for w in cuts.windows(2) {
+        let mut part = &toks[w[0]..w[1]];
+        if part.last().is_some_and(is_and) {
+            part = &part[..part.len() - 1];
+        }
+        let Ok(Answer::Quantity { value, unit }) = parse_tokens(part, depth + 1) else { return None };
+        total = Some(match total {
+            None => (value, unit),
+            Some((sum, first)) if first.dims == unit.dims => {
+                let factor = Expr::num(&unit.scale / &first.scale);
+                (Expr::Add(Box::new(sum), Box::new(Expr::Mul(Box::new(value), Box::new(factor)))), first)
+            }
+            Some(_) => return None,
+        });
+    }
+    total.map(|(value, unit)| Answer::Quantity { value, unit })
+}
+
+/// The whole real line, in words.
+fn is_real_line(text: &str) -> bool {
+    matches!(text, "all real numbers" | "all reals" | "real numbers" | "all real values" | "every real number")
+}
+
+fn real_line() -> Answer {
+    Answer::Interval { lo: Expr::Neg(Box::new(Expr::Infinity)), hi: Expr::Infinity, lo_closed: false, hi_closed: false }
+}
+
+/// Malformed LaTeX that a reader still understands: a `}` that closes nothing is dropped and
+/// braces left open at the end are closed (`\frac{1}{2` is ½). Parentheses are left alone.
+fn balance_braces(toks: Vec<Tok>) -> Vec<Tok> {
+    let mut depth = 0usize;
+    let mut out = Vec::with_capacity(toks.len());
+    for t in toks {
+        match t {
+            Tok::Sym('{') => depth += 1,
+            Tok::Sym('}') if depth == 0 => continue,
+            Tok::Sym('}') => depth -= 1,
+            _ => {}
+        }
+        out.push(t);
+    }
+    out.extend(std::iter::repeat_n(Tok::Sym('}'), depth));
+    out
 }
 
 /// Parses an answer string.
 pub fn parse_answer(input: &str) -> Result<Answer, String> {
-    let toks = lex::tokenize(input)?;
+    let toks = balance_braces(lex::tokenize(input)?);
     parse_tokens(&toks, 0)
 }
 
@@ -243,6 +359,16 @@ fn parse_tokens(toks: &[Tok], depth: usize) -> Result<Answer, String> {
     if depth > 8 {
         return Err("answer structure nested too deep".into());
     }
+    let mut toks = toks;
+    while let Some(Tok::Sym('.') | Tok::Sym(';')) = toks.last() {
+        toks = &toks[..toks.len() - 1];
+    }
+    if let Some(sum) = compound_quantity(toks, depth) {
+        return Ok(sum);
+    }
+    if let Some(at) = unit_start(toks) {
+        return Ok(attach_unit(parse_tokens(&toks[..at], depth + 1)?, &toks[at..]));
+    }
     let toks = trim_noise(toks);
     if toks.is_empty() {
         return Err("empty answer".into());
@@ -250,10 +376,13 @@ fn parse_tokens(toks: &[Tok], depth: usize) -> Result<Answer, String> {
     if let Some(c) = as_choice(toks) {
         return Ok(Answer::Choice(c));
     }
-    if let Some(n) = number_word(toks) {
-        return Ok(Answer::Expr(Expr::num(num_rational::BigRational::from_integer(n.into()))));
+    if let Some(n) = number_in_words(toks) {
+        return Ok(n);
     }
     if let Some(text) = as_text(toks) {
+        if is_real_line(&text) {
+            return Ok(real_line());
+        }
         return Ok(Answer::Text(text));
     }
     if let Some(expanded) = expand_plus_minus(toks)? {
@@ -315,6 +444,9 @@ fn parse_item(toks: &[Tok], depth: usize) -> Result<Answer, String> {
         if c == "emptyset" {
             return Ok(Answer::Set(Vec::new()));
         }
+        if c == "reals" {
+            return Ok(real_line());
+        }
     }
     if let (Some(Tok::Begin(env)), Some(Tok::End(_))) = (toks.first(), toks.last()) {
         return parse_matrix(env, &toks[1..toks.len() - 1]);
@@ -331,6 +463,14 @@ fn parse_item(toks: &[Tok], depth: usize) -> Result<Answer, String> {
         }
         let bracket = matches!(open, Tok::Sym('(') | Tok::Sym('[')) && matches!(close, Tok::Sym(')') | Tok::Sym(']'));
         let parts = split_top(inner, |t| *t == Tok::Sym(','));
+        // `[[1, 2], [3, 4]]`: a list of rows, not an interval.
+        let rows = parts.iter().all(|p| {
+            let p = trim_noise(p);
+            wrapped(p) && matches!(p[0], Tok::Sym('(') | Tok::Sym('[')) && split_top(&p[1..p.len() - 1], |t| *t == Tok::Sym(',')).len() > 1
+        });
+        if bracket && parts.len() > 1 && rows {
+            return Ok(Answer::Tuple(parse_items(&parts, depth)?));
+        }
         if bracket && parts.len() > 1 {
             let closed_lo = *open == Tok::Sym('[');
             let closed_hi = *close == Tok::Sym(']');
@@ -347,6 +487,10 @@ fn parse_item(toks: &[Tok], depth: usize) -> Result<Answer, String> {
         }
         if *open == Tok::Sym('{') && *close == Tok::Sym('}') {
             return parse_tokens(inner, depth + 1);
+        }
+        // `\left[\begin{array}…\end{array}\right]`: brackets around a matrix.
+        if matches!(inner.first(), Some(Tok::Begin(_))) && wrapped(inner) {
+            return parse_item(inner, depth + 1);
         }
     }
     if let Some(relation) = parse_relation(toks)? {
@@ -369,6 +513,17 @@ fn rel_op(t: &Tok) -> Option<RelOp> {
 
 /// `lhs op rhs`, and chains: `a < x < b` is an interval; `x = 2 + 3 = 5` keeps its ends.
 fn parse_relation(toks: &[Tok]) -> Result<Option<Answer>, String> {
+    // `\sqrt{3} ≈ 1.732`: the right side approximates the left, which is the answer, unless the
+    // left is only a name (`x ≈ 1.73`).
+    let approx = split_top(toks, |t| *t == Tok::Sym('≈'));
+    if approx.len() > 1 {
+        let first = trim_noise(approx[0]);
+        let named = first.is_empty()
+            || matches!(first, [Tok::Word { text, .. }] if text.chars().count() == 1)
+            || first.iter().all(|t| matches!(t, Tok::Text(_)));
+        let part = if named { approx[1] } else { approx[0] };
+        return parse_item(trim_noise(part), 1).map(Some);
+    }
     let parts = split_top(toks, |t| rel_op(t).is_some());
     if parts.len() == 1 {
         return Ok(None);
@@ -391,11 +546,14 @@ fn parse_relation(toks: &[Tok]) -> Result<Option<Answer>, String> {
         return parse_item(trim_noise(parts[1]), 1).map(Some);
     }
     let label = |p: &[Tok]| p.iter().all(|t| matches!(t, Tok::Text(_)));
-    let exprs = parts
-        .iter()
-        .filter(|p| !label(p))
-        .map(|p| parse_expr(trim_noise(p)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let parsed: Vec<Result<Expr, String>> = parts.iter().filter(|p| !label(p)).map(|p| parse_expr(trim_noise(p))).collect();
+    let last_part = parts[parts.len() - 1];
+    if ops.iter().all(|o| *o == RelOp::Eq) && parsed.len() > 1 && parsed[..parsed.len() - 1].iter().any(Result::is_err) {
+        // A left side that is not a value (`\lim_{x\to0} \frac{\sin x}{x} = 1`, `(x, y) = (3, -1)`,
+        // `f'(x) = 2x`) names the answer on the right.
+        return parse_item(trim_noise(last_part), 1).map(Some);
+    }
+    let exprs = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
     if exprs.len() < parts.len() {
         // `\text{Area} = 5`: a label on the left.
         return Ok(exprs.into_iter().last().map(Answer::Expr));

@@ -5,8 +5,10 @@ use num_rational::BigRational;
 use num_traits::{Signed, ToPrimitive, Zero};
 
 use crate::answer::{Answer, RelOp};
+use crate::complex;
 use crate::expr::Expr;
-use crate::number::{round_scaled, MathError, Value};
+use crate::number::{pow10, round_at, truncate_at, MathError, Value};
+use crate::units::Unit;
 
 /// Relative tolerance for values that are not both exact (`\sqrt{2}/2` against `1/\sqrt{2}`).
 pub const FLOAT_TOLERANCE: f64 = 1e-9;
@@ -18,6 +20,13 @@ const MIN_POINTS: usize = 3;
 /// A decimal response against an exact, non-terminating gold (`1/3`, `\pi`) needs this many
 /// significant digits.
 pub const MIN_SIGNIFICANT_DIGITS: u32 = 6;
+/// A decimal gold with fewer significant digits (`0.1`, `0.001`) is exact, not a rounding.
+pub const MIN_ROUNDED_GOLD_DIGITS: u32 = 2;
+/// A response closer to a decimal gold than `10^-(d + PERTURBED_PLACES)` (for a gold with `d`
+/// places) but not equal to it is a perturbed value (`2.5000001`), not a rounding.
+pub const PERTURBED_PLACES: i64 = 2;
+/// Largest gold precision (places either side of the point) the rounding rules handle.
+const MAX_PLACES: i64 = 4096;
 
 /// `Ok(true/false)`, or `Err(reason)` when a side could not be evaluated (counts as "not
 /// equivalent").
@@ -29,12 +38,17 @@ pub fn answers_equivalent(gold: &Answer, resp: &Answer) -> Outcome {
     // number), but a one-item list is just the item.
     match (gold, resp) {
         (Expr(g), Expr(r)) => exprs_equivalent(g, r),
+        (Quantity { value: g, unit: gu }, Quantity { value: r, unit: ru }) => quantities_equivalent(g, gu, r, ru),
+        // A unit on one side only: the numbers decide (`5 \text{ cm}` against `5`).
+        (Quantity { value, .. }, other) => answers_equivalent(&Expr(value.clone()), other),
+        (other, Quantity { value, .. }) => answers_equivalent(other, &Expr(value.clone())),
         (Choice(g), Choice(r)) => Ok(g == r),
         (Text(g), Text(r)) => Ok(g == r),
         (Choice(g), Text(r)) | (Text(r), Choice(g)) => Ok(r.len() == 1 && r.eq_ignore_ascii_case(&g.to_string())),
         (Tuple(g), Tuple(r)) => ordered(g, r),
-        // `(1, 2)` against `1, 2`: the gold's order counts.
-        (Tuple(g), List(r)) => ordered(g, r),
+        // `(1, 2)` against `1, 2`: the gold's order counts; `y = -1, x = 3` is put in the order
+        // of its variables' names first.
+        (Tuple(g), List(r)) => ordered(g, &by_variable(r)),
         (Set(g) | List(g), Set(r) | List(r)) | (List(g), Tuple(r)) => unordered(g, r),
         (Union(g), Union(r)) => unordered(g, r),
         (Interval { .. }, Interval { .. }) => intervals_equivalent(gold, resp),
@@ -47,11 +61,28 @@ pub fn answers_equivalent(gold: &Answer, resp: &Answer) -> Outcome {
             let other = if matches!(gold, Tuple(_)) { resp } else { gold };
             intervals_equivalent(&pair, other)
         }
+        // `[[1, 2], [3, 4]]`: a list of rows against a matrix.
+        (Matrix(m), Tuple(rows)) | (Tuple(rows), Matrix(m)) if rows.iter().all(|r| row_cells(r).is_some()) => {
+            if m.len() != rows.len() {
+                return Ok(false);
+            }
+            for (mrow, row) in m.iter().zip(rows) {
+                let mrow: Vec<Answer> = mrow.iter().map(|e| Expr(e.clone())).collect();
+                if !ordered(&mrow, &row_cells(row).unwrap_or_default())? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
         (Matrix(g), Matrix(r)) => {
             if g.len() != r.len() || g.iter().zip(r).any(|(a, b)| a.len() != b.len()) {
                 return Ok(false);
             }
             all_pairs(g.iter().flatten().zip(r.iter().flatten()), exprs_equivalent)
+        }
+        // A row vector against `[1, 2]` (read as a closed interval).
+        (Matrix(m), i @ Interval { .. }) | (i @ Interval { .. }, Matrix(m)) if row_cells(i).is_some() => {
+            answers_equivalent(&Matrix(m.clone()), &Tuple(row_cells(i).unwrap_or_default()))
         }
         // A vector written as a one-column or one-row matrix against a tuple.
         (Matrix(m), Tuple(t)) | (Tuple(t), Matrix(m)) => match vector_of(m) {
@@ -62,9 +93,13 @@ pub fn answers_equivalent(gold: &Answer, resp: &Answer) -> Outcome {
             _ => Ok(false),
         },
         (Relation { .. }, Relation { .. }) => relations_equivalent(gold, resp),
-        // `x = 2` against `2`, either way round.
-        (Relation { lhs, op: RelOp::Eq, rhs }, Expr(e)) | (Expr(e), Relation { lhs, op: RelOp::Eq, rhs }) => {
-            exprs_equivalent(value_side(lhs, rhs), e)
+        // `x = 2` against `2`, either way round; an unsolved equation (`3x + 2 = 17`) has no value.
+        (Relation { lhs, op: RelOp::Eq, rhs }, Expr(e)) => exprs_equivalent(value_side(lhs, rhs), e),
+        (Expr(e), Relation { lhs, op: RelOp::Eq, rhs }) => {
+            if unsolved(lhs, rhs) || unsolved(rhs, lhs) {
+                return Ok(false);
+            }
+            exprs_equivalent(e, value_side(lhs, rhs))
         }
         (Relation { .. }, Interval { .. }) | (Interval { .. }, Relation { .. }) => {
             let (a, b) = (as_interval(gold), as_interval(resp));
@@ -76,8 +111,60 @@ pub fn answers_equivalent(gold: &Answer, resp: &Answer) -> Outcome {
         // A single-element list against anything: compare the element.
         (List(g), other) if g.len() == 1 => answers_equivalent(&g[0], other),
         (other, List(r)) if r.len() == 1 => answers_equivalent(other, &r[0]),
+        // A singleton set against its element (policy: `\{5\}` ≡ `5`).
+        (Set(g), other) if g.len() == 1 => answers_equivalent(&g[0], other),
+        (other, Set(r)) if r.len() == 1 => answers_equivalent(other, &r[0]),
         _ => Ok(false),
     }
+}
+
+/// The cells of a row written as a list: `(1, 2)`, or `[1, 2]` (read as a closed interval).
+fn row_cells(a: &Answer) -> Option<Vec<Answer>> {
+    match a {
+        Answer::Tuple(cells) => Some(cells.clone()),
+        Answer::Interval { lo, hi, lo_closed: true, hi_closed: true } => Some(vec![Answer::Expr(lo.clone()), Answer::Expr(hi.clone())]),
+        _ => None,
+    }
+}
+
+/// `3x + 2` against a constant: an equation still to solve, not a value. A name (`x`,
+/// `f(2)`, `P(A)`) or a side without variables is solved.
+fn unsolved(side: &Expr, other: &Expr) -> bool {
+    if side.variables().is_empty() || !other.variables().is_empty() {
+        return false;
+    }
+    match side {
+        Expr::Add(..) | Expr::Sub(..) => true,
+        Expr::Mul(a, _) => matches!(a.as_ref(), Expr::Num { .. }),
+        _ => false,
+    }
+}
+
+/// Assignments to single variables (`y = -1, x = 3`) sorted by variable name; anything else
+/// as it is.
+fn by_variable(items: &[Answer]) -> Vec<Answer> {
+    let name = |a: &Answer| match a {
+        Answer::Relation { lhs: Expr::Var(v), op: RelOp::Eq, .. } => Some(v.clone()),
+        _ => None,
+    };
+    let mut out = items.to_vec();
+    if out.iter().all(|a| name(a).is_some()) {
+        out.sort_by_key(name);
+    }
+    out
+}
+
+/// Two amounts with known units: same dimensions, and the response converted to the gold's
+/// unit equals the gold (`50 mm` ≡ `5 cm`; `5 m` ≢ `5 cm`).
+fn quantities_equivalent(g: &Expr, gu: &Unit, r: &Expr, ru: &Unit) -> Outcome {
+    if gu.dims != ru.dims {
+        return Ok(false);
+    }
+    if gu.scale == ru.scale {
+        return exprs_equivalent(g, r);
+    }
+    let factor = Expr::num(&ru.scale / &gu.scale);
+    exprs_equivalent(g, &Expr::Mul(Box::new(r.clone()), Box::new(factor)))
 }
 
 /// In `x = 5` (or `5 = x`) the value is the side that is not a lone variable.
@@ -286,6 +373,14 @@ pub fn exprs_equivalent(gold: &Expr, resp: &Expr) -> Outcome {
     if let Some(same) = based_digits_equal(gold, resp) {
         return Ok(same);
     }
+    // `30^\circ` against `\frac{\pi}{6}` (policy: an explicit degree mark meets radians).
+    match (gold, resp) {
+        (Expr::Degrees(x), other) | (other, Expr::Degrees(x)) if other.has_pi() && !matches!(other, Expr::Degrees(_)) => {
+            let per_degree = Expr::Div(Box::new(Expr::Pi), Box::new(Expr::num(BigRational::from_integer(180.into()))));
+            return values_equivalent(&Expr::Mul(Box::new(x.as_ref().clone()), Box::new(per_degree)), other);
+        }
+        _ => {}
+    }
     // Percent and degree marks at the top: `50\%` ≡ `50`, and also ≡ `0.5`.
     let (g, g_pct) = strip_marks(gold);
     let (r, r_pct) = strip_marks(resp);
@@ -294,8 +389,9 @@ pub fn exprs_equivalent(gold: &Expr, resp: &Expr) -> Outcome {
         return plain;
     }
     let hundred = Expr::num(BigRational::from_integer(100.into()));
+    // The gold keeps its own form, so that its precision still applies (`33.3\%` against `1/3`).
     let scaled = if g_pct {
-        values_equivalent(&Expr::Div(Box::new(g.clone()), Box::new(hundred)), r)
+        values_equivalent(g, &Expr::Mul(Box::new(r.clone()), Box::new(hundred)))
     } else {
         values_equivalent(g, &Expr::Div(Box::new(r.clone()), Box::new(hundred)))
     };
@@ -324,6 +420,12 @@ fn values_equivalent(g: &Expr, r: &Expr) -> Outcome {
         let rv = r.eval().map_err(|e| format!("response: {e}"))?;
         return Ok(numbers_equivalent(g, &gv, r, &rv));
     }
+    // Complex numbers: `i` is the imaginary unit when it is the only variable.
+    if vars == ["i"] {
+        if let (Some(a), Some(b)) = (complex::eval(g), complex::eval(r)) {
+            return Ok(a.close(b, FLOAT_TOLERANCE));
+        }
+    }
     // Variables: compare at random points.
     let mut agreed = 0;
     for point in sample_points(&vars) {
@@ -348,8 +450,11 @@ fn values_equivalent(g: &Expr, r: &Expr) -> Outcome {
 
 /// Number rules, in order:
 /// 1. both exact rationals: equal iff equal (`0.5` ≡ `1/2`, `2.50` ≡ `2.5`);
-/// 2. the gold is a decimal with `d` places: the response rounds to it at `d` places (half
-///    away from zero), unless the response is a decimal with fewer places;
+/// 2. the gold is a decimal (or scientific) literal whose last digit is at place `d`: an
+///    inexact response within [`FLOAT_TOLERANCE`] is equal; a response written less precisely
+///    is not; a gold with fewer than [`MIN_ROUNDED_GOLD_DIGITS`] significant digits is exact;
+///    otherwise the response must round (half away from zero) to the gold at place `d` without
+///    being a perturbed gold (closer than `10^-(d + PERTURBED_PLACES)`);
 /// 3. the response is a decimal with `d` places and at least [`MIN_SIGNIFICANT_DIGITS`]
 ///    significant digits, the gold exact: within `10^-d` (rounded or truncated);
 /// 4. otherwise, when either is inexact: relative tolerance [`FLOAT_TOLERANCE`].
@@ -359,17 +464,20 @@ pub fn numbers_equivalent(g_expr: &Expr, g: &Value, r_expr: &Expr, r: &Value) ->
             return true;
         }
     }
-    if let Some(d) = g_expr.decimal_places() {
-        let response_places = r_expr.decimal_places();
-        if response_places.is_some_and(|rd| rd < d) {
+    let places = |e: &Expr| e.precision().filter(|d| d.abs() <= MAX_PLACES);
+    if let Some(d) = places(g_expr) {
+        if matches!(r, Value::Approx(_)) && close(g.to_f64(), r.to_f64(), FLOAT_TOLERANCE) {
+            return true;
+        }
+        if places(r_expr).is_some_and(|rd| rd < d) {
             return false;
         }
         if let Value::Exact(gold) = g {
-            return rounds_to(r, gold, d);
+            return rounds_to(r, gold, d) && !perturbed(r, gold, d) && significant_digits(gold, d) >= MIN_ROUNDED_GOLD_DIGITS;
         }
     }
-    if let (Some(d), Value::Exact(resp)) = (r_expr.decimal_places(), r) {
-        if g_expr.decimal_places().is_none() && significant_digits(resp, d) >= MIN_SIGNIFICANT_DIGITS {
+    if let (Some(d), Value::Exact(resp)) = (places(r_expr), r) {
+        if g_expr.precision().is_none() && significant_digits(resp, d) >= MIN_SIGNIFICANT_DIGITS {
             return rounded_or_truncated(g, resp, d);
         }
     }
@@ -379,14 +487,22 @@ pub fn numbers_equivalent(g_expr: &Expr, g: &Value, r_expr: &Expr, r: &Value) ->
     }
 }
 
+/// Whether `value` differs from `gold` by no more than `10^-(places + PERTURBED_PLACES)`.
+fn perturbed(value: &Value, gold: &BigRational, places: i64) -> bool {
+    let bound = pow10(-(places + PERTURBED_PLACES));
+    match value {
+        Value::Exact(v) => (v - gold).abs() <= bound,
+        Value::Approx(x) => (x - crate::number::rational_to_f64(gold)).abs() <= crate::number::rational_to_f64(&bound),
+    }
+}
+
 /// Whether the `places`-decimal `resp` is `gold` rounded (half away from zero) or truncated.
-fn rounded_or_truncated(gold: &Value, resp: &BigRational, places: u32) -> bool {
-    let resp_scaled = round_scaled(resp, places);
+fn rounded_or_truncated(gold: &Value, resp: &BigRational, places: i64) -> bool {
+    let resp_scaled = round_at(resp, places);
     match gold {
         Value::Exact(g) => {
-            let scale = BigRational::from_integer(num_traits::pow(num_bigint::BigInt::from(10u32), places as usize));
-            let truncated = (g * scale).trunc().to_integer();
-            resp_scaled == round_scaled(g, places) || resp_scaled == truncated
+            let truncated = truncate_at(g, places);
+            resp_scaled == round_at(g, places) || resp_scaled == truncated
         }
         Value::Approx(x) => {
             let scaled = x * 10f64.powi(places as i32);
@@ -396,8 +512,8 @@ fn rounded_or_truncated(gold: &Value, resp: &BigRational, places: u32) -> bool {
     }
 }
 
-fn significant_digits(r: &BigRational, places: u32) -> u32 {
-    let scaled = round_scaled(r, places);
+fn significant_digits(r: &BigRational, places: i64) -> u32 {
+    let scaled = round_at(r, places);
     if scaled.is_zero() {
         return 0;
     }
@@ -405,10 +521,10 @@ fn significant_digits(r: &BigRational, places: u32) -> u32 {
 }
 
 /// Whether `value` rounded to `places` decimals is `gold`.
-fn rounds_to(value: &Value, gold: &BigRational, places: u32) -> bool {
-    let target = round_scaled(gold, places);
+fn rounds_to(value: &Value, gold: &BigRational, places: i64) -> bool {
+    let target = round_at(gold, places);
     match value {
-        Value::Exact(v) => round_scaled(v, places) == target,
+        Value::Exact(v) => round_at(v, places) == target,
         Value::Approx(x) => {
             let scaled = x * 10f64.powi(places as i32);
             let t = target.to_f64().unwrap_or(f64::NAN);

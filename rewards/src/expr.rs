@@ -181,14 +181,19 @@ impl Expr {
         if depth > MAX_EVAL_DEPTH {
             return;
         }
+        if let Expr::Var(v) = self {
+            out.insert(v.clone());
+        }
+        for child in self.children().into_iter().flatten() {
+            child.collect_vars(out, depth + 1);
+        }
+    }
+
+    /// The direct subexpressions (none, one or two).
+    fn children(&self) -> [Option<&Expr>; 2] {
         match self {
-            Expr::Var(v) => {
-                out.insert(v.clone());
-            }
-            Expr::Num { .. } | Expr::Based { .. } | Expr::Pi | Expr::E | Expr::Infinity => {}
-            Expr::Neg(a) | Expr::Call(_, a) | Expr::Factorial(a) | Expr::Percent(a) | Expr::Degrees(a) => {
-                a.collect_vars(out, depth + 1)
-            }
+            Expr::Num { .. } | Expr::Based { .. } | Expr::Pi | Expr::E | Expr::Infinity | Expr::Var(_) => [None, None],
+            Expr::Neg(a) | Expr::Call(_, a) | Expr::Factorial(a) | Expr::Percent(a) | Expr::Degrees(a) => [Some(a), None],
             Expr::Add(a, b)
             | Expr::Sub(a, b)
             | Expr::Mul(a, b)
@@ -196,10 +201,7 @@ impl Expr {
             | Expr::Pow(a, b)
             | Expr::Root(a, b)
             | Expr::LogBase(a, b)
-            | Expr::Binom(a, b) => {
-                a.collect_vars(out, depth + 1);
-                b.collect_vars(out, depth + 1);
-            }
+            | Expr::Binom(a, b) => [Some(a), Some(b)],
         }
     }
 
@@ -219,6 +221,43 @@ impl Expr {
             Expr::Neg(a) => a.decimal_places(),
             _ => None,
         }
+    }
+
+    /// The place of the last written digit, as a power of ten to the right of the point: `2.50`
+    /// → 2, `6.02 \times 10^{23}` → -21 (`1.5e-3` too). `None` for anything but a literal
+    /// decimal, possibly negated or in scientific notation.
+    pub fn precision(&self) -> Option<i64> {
+        match self {
+            Expr::Num { decimal_places, .. } => decimal_places.map(i64::from),
+            Expr::Neg(a) => a.precision(),
+            Expr::Mul(m, p) => match (m.as_ref(), p.as_ref()) {
+                (Expr::Num { decimal_places: Some(d), .. }, Expr::Pow(ten, k)) => {
+                    let ten = matches!(ten.as_ref(), Expr::Num { value, decimal_places: None } if *value == BigRational::from_integer(10.into()));
+                    let k = match k.as_ref() {
+                        Expr::Num { value, decimal_places: None } if value.is_integer() => value.numer().try_into().ok(),
+                        Expr::Neg(inner) => match inner.as_ref() {
+                            Expr::Num { value, decimal_places: None } if value.is_integer() => {
+                                i64::try_from(value.numer()).ok().map(|k| -k)
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    k.filter(|_| ten).and_then(|k: i64| i64::from(*d).checked_sub(k))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether π appears anywhere (a measure in radians).
+    pub fn has_pi(&self) -> bool {
+        self.any(&|e| *e == Expr::Pi, 0)
+    }
+
+    fn any(&self, pred: &dyn Fn(&Expr) -> bool, depth: usize) -> bool {
+        pred(self) || (depth <= MAX_EVAL_DEPTH && self.children().into_iter().flatten().any(|c| c.any(pred, depth + 1)))
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::fallback;
+
 /// Where an answer can come from. The default order is the order of the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,6 +59,9 @@ pub enum Extraction {
     NotAnswer(String),
 }
 
+/// Why extraction found nothing when no mode matched (as opposed to a refusal: cut off, hedged…).
+pub const NO_ANSWER: &str = "no answer found";
+
 /// Longest answer text kept from a phrase such as "the answer is …".
 const MAX_PHRASE_ANSWER: usize = 400;
 
@@ -64,10 +69,12 @@ struct Patterns {
     final_answer: Regex,
     answer_is: Regex,
     bold: Regex,
-    last_number: Regex,
     hedge: Regex,
     choice: Regex,
     or_word: Regex,
+    aside: Regex,
+    restated: Regex,
+    filler: Regex,
 }
 
 /// Compiled once, read-only afterwards: no mutable global state.
@@ -79,7 +86,12 @@ fn patterns() -> &'static Patterns {
             final_answer: re(r"(?i)final\s+answer\s*(?:\*\*)?\s*(?:is|:|=)?\s*(?:\*\*)?\s*:?"),
             answer_is: re(r"(?i)\banswer\s*(?:\*\*)?\s*(?:is|:|=)\s*(?:\*\*)?\s*:?"),
             bold: re(r"\*\*([^*\n]{1,200})\*\*"),
-            last_number: re(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?"),
+            // Where the answer in a phrase ends: a parenthetical aside or a clause after a comma.
+            aside: re(r"\s\((?:[A-Za-z]{2,}|i\.e\.|e\.g\.|[^()]*=)|,\s+([A-Za-z]{2,})\b"),
+            // "The 10th term is 31": a restated answer is what follows its last linking verb.
+            restated: re(r"(?i)\s(?:is|are|was|were|equals|equal to|becomes|comes to|total of)\s"),
+            // Words that qualify a value without changing it: "approximately 1.2 × 10^5".
+            filler: re(r"(?i)^(?:approximately|approx\.?|about|roughly|around|nearly|exactly|just|only|precisely|equal to|~)\s+"),
             hedge: re(r"(?i)(?:\bor\b|\\lor\b|\bmaybe\b|\beither\b)"),
             or_word: re(r"(?i)\\text\{\s*or\s*\}|\\lor\b|\bor\b"),
             choice: re(r"\(([A-J])\)|\b(?:[Oo]ption|[Cc]hoice)\s+([A-J])\b"),
@@ -105,7 +117,18 @@ pub fn is_hedged(answer: &str) -> bool {
 }
 
 pub fn extract(text: &str, modes: &[ExtractMode]) -> Extraction {
+    let uncommitted = [ExtractMode::Bold, ExtractMode::MathSpan, ExtractMode::LastNumber];
+    // The text the uncommitted modes read, found once, when the first of them is reached.
+    let mut region: Option<&str> = None;
     for &mode in modes {
+        if uncommitted.contains(&mode) && region.is_none() {
+            // Without a marked answer, a response cut off mid-sentence has none.
+            if fallback::cut_off(text) {
+                return Extraction::NotAnswer("response cut off mid-reasoning".into());
+            }
+            region = Some(fallback::committed_region(text));
+        }
+        let committed = region.unwrap_or(text);
         let found = match mode {
             ExtractMode::Boxed => match boxed(text) {
                 BoxResult::Found(s) => Some(s),
@@ -115,19 +138,18 @@ pub fn extract(text: &str, modes: &[ExtractMode]) -> Extraction {
             ExtractMode::Gsm8k => gsm8k(text),
             ExtractMode::FinalAnswer => after_phrase(text, &patterns().final_answer),
             ExtractMode::AnswerIs => after_phrase(text, &patterns().answer_is),
-            ExtractMode::Bold => bold(text),
-            ExtractMode::MathSpan => last_math_span(text),
-            ExtractMode::LastNumber => patterns()
-                .last_number
-                .find_iter(text)
-                .last()
-                .map(|m| m.as_str().trim_end_matches(',').to_string()),
+            ExtractMode::Bold => fallback::bold(committed, &patterns().bold),
+            ExtractMode::MathSpan => fallback::last_math_span(committed),
+            ExtractMode::LastNumber => match fallback::last_number(committed) {
+                Ok(found) => found,
+                Err(why) => return Extraction::NotAnswer(why),
+            },
         };
         if let Some(answer) = found.map(|a| a.trim().to_string()).filter(|a| !a.is_empty()) {
             return Extraction::Found { answer, mode };
         }
     }
-    Extraction::NotAnswer("no answer found".into())
+    Extraction::NotAnswer(NO_ANSWER.into())
 }
 
 /// The answer inside a gold string: its box, its `####` line, or the whole string.
@@ -184,21 +206,28 @@ fn box_at(text: &str, start: usize, cmd_len: usize) -> Option<(usize, usize, Str
     None
 }
 
+/// Where `\\boxed` and `\\fbox` start, in order, with the command's length. Found from the
+/// backslashes (a one-byte search), which is much faster on long texts than two substring scans.
 fn box_starts(text: &str) -> Vec<(usize, usize)> {
-    let mut starts: Vec<(usize, usize)> = text
-        .match_indices("\\boxed")
-        .map(|(i, _)| (i, 6))
-        .chain(text.match_indices("\\fbox").map(|(i, _)| (i, 5)))
-        .collect();
-    starts.sort_unstable();
-    starts
+    text.match_indices('\\')
+        .filter_map(|(i, _)| {
+            let rest = &text[i..];
+            if rest.starts_with("\\boxed") {
+                Some((i, 6))
+            } else if rest.starts_with("\\fbox") {
+                Some((i, 5))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// The last box; boxes joined by "and"/commas form a list; boxes joined by "or" are a hedge.
 fn boxed(text: &str) -> BoxResult {
     let starts = box_starts(text);
     let Some(&(last, len)) = starts.last() else { return BoxResult::None };
-    let Some((mut first_start, _, content)) = box_at(text, last, len) else {
+    let Some((mut first_start, _, content)) = box_at(text, last, len).or_else(|| unclosed_box(text, last, len)) else {
         return BoxResult::NotAnswer("the last \\boxed is not closed".into());
     };
     let mut contents = vec![unwrap_nested_boxes(content)];
@@ -222,6 +251,23 @@ fn boxed(text: &str) -> BoxResult {
     }
     contents.dedup();
     BoxResult::Found(contents.join(", "))
+}
+
+/// A box that lost its closing brace but not the rest of the response (`$\boxed{\frac{3}{4}$. I
+/// hope…`): its contents run to the end of its math span or line. A box still open at the end of
+/// the text is a truncated generation and stays unread.
+fn unclosed_box(text: &str, start: usize, cmd_len: usize) -> Option<(usize, usize, String)> {
+    let open = start + cmd_len + text[start + cmd_len..].find(|c: char| c != ' ')?;
+    if !text[open..].starts_with('{') {
+        return None;
+    }
+    let body = &text[open + 1..];
+    let end = ["$", "\\]", "\\)", "\n"].iter().filter_map(|d| body.find(d)).min()?;
+    let after = &body[end..];
+    if after.trim_start_matches(['$', '\\', ']', ')']).trim().is_empty() {
+        return None;
+    }
+    Some((start, open + 1 + end, body[..end].to_string()))
 }
 
 fn unwrap_nested_boxes(mut s: String) -> String {
@@ -264,8 +310,27 @@ fn after_phrase(text: &str, phrase: &Regex) -> Option<String> {
     if let Some(span) = first_math_span(sentence) {
         return Some(span);
     }
-    let answer = clean_phrase_answer(sentence);
+    let answer = clean_phrase_answer(phrase_value(sentence));
     (answer.chars().count() <= MAX_PHRASE_ANSWER).then_some(answer)
+}
+
+/// The answer in the rest of an answer sentence: before an aside ("9 (since 3² = 9)", "60 km/h,
+/// twice the bus's speed", "8, not 6"), after the linking verb of a restatement ("The 10th term
+/// is 31", "There are 36 outcomes"), without a label ("Total: 15").
+fn phrase_value(sentence: &str) -> &str {
+    let p = patterns();
+    let aside = p.aside.captures_iter(sentence).find(|c| !matches!(c.get(1).map(|w| w.as_str()), Some("and" | "or")));
+    let mut s = match aside.and_then(|c| c.get(0)) {
+        Some(m) if m.start() > 0 => &sentence[..m.start()],
+        _ => sentence,
+    };
+    let first_word: String = s.trim_start_matches(['*', ' ']).chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let restated = first_word.len() >= 2 && !crate::words::is_number_word(&first_word.to_lowercase());
+    if let Some(m) = p.restated.find_iter(s).last().filter(|_| restated) {
+        s = &s[m.end()..];
+    }
+    let s = fallback::strip_label(s.trim().trim_matches('*').trim());
+    p.filler.find(s).map_or(s, |m| &s[m.end()..])
 }
 
 fn clean_phrase_answer(s: &str) -> String {
@@ -289,48 +354,6 @@ fn leading_math_span(s: &str) -> Option<String> {
 fn first_math_span(s: &str) -> Option<String> {
     let start = SPAN_DELIMITERS.iter().filter_map(|(open, _)| s.find(open)).min()?;
     leading_math_span(&s[start..])
-}
-
-fn bold(text: &str) -> Option<String> {
-    patterns()
-        .bold
-        .captures_iter(text)
-        .filter_map(|c| c.get(1))
-        .map(|m| m.as_str().trim())
-        .filter(|s| !s.ends_with(':') && !s.is_empty())
-        .last()
-        .map(|s| s.trim_matches('$').to_string())
-}
-
-/// The last closed math span, scanning left to right so that `$` pairs up correctly.
-fn last_math_span(text: &str) -> Option<String> {
-    let mut last = None;
-    let mut i = 0;
-    while i < text.len() {
-        let rest = &text[i..];
-        let opener = SPAN_DELIMITERS.iter().find(|(open, _)| rest.starts_with(open));
-        match opener {
-            Some((open, close)) => {
-                let body = &rest[open.len()..];
-                match body.find(close) {
-                    Some(end) => {
-                        last = Some(body[..end].to_string());
-                        i += open.len() + end + close.len();
-                    }
-                    None => break,
-                }
-            }
-            None => {
-                // Skip to the next candidate delimiter.
-                let step = rest.chars().next().map_or(1, char::len_utf8);
-                match rest[step..].find(['$', '\\']) {
-                    Some(k) => i += step + k,
-                    None => break,
-                }
-            }
-        }
-    }
-    last
 }
 
 #[cfg(test)]

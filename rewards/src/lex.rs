@@ -7,7 +7,7 @@
 /// Most tokens one answer may have.
 pub const MAX_TOKENS: usize = 4000;
 /// Deepest `\text{…}` re-tokenisation.
-const MAX_TEXT_NESTING: usize = 8;
+const MAX_TEXT_NESTING: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tok {
@@ -39,7 +39,7 @@ pub type LexResult = Result<Vec<Tok>, String>;
 pub fn tokenize(input: &str) -> LexResult {
     let mut lexer = Lexer { chars: input.chars().collect(), pos: 0, out: Vec::new(), bracket_depth: 0 };
     lexer.run(0)?;
-    Ok(fold_degrees(lexer.out))
+    Ok(fold_scientific(fold_degrees(lexer.out)))
 }
 
 struct Lexer {
@@ -112,12 +112,21 @@ impl Lexer {
             '≤' | '⩽' => Tok::Le,
             '≥' | '⩾' => Tok::Ge,
             '≠' => Tok::Ne,
-            '≈' => Tok::Sym('='),
+            '≈' => Tok::Sym('≈'),
+            'ℝ' => Tok::Cmd("reals".into()),
             '°' => Tok::Degree,
             '%' => Tok::Percent,
             'π' => Tok::Cmd("pi".into()),
             '∞' => Tok::Cmd("infty".into()),
             '√' => Tok::Cmd("sqrt".into()),
+            '∛' | '∜' => {
+                // `∛x` is `\sqrt[3]{x}`: the index goes in brackets, as the parser reads it.
+                self.push(Tok::Cmd("sqrt".into()))?;
+                self.push(Tok::Sym('['))?;
+                let index = if c == '∛' { "3" } else { "4" };
+                self.push(Tok::Num { digits: index.into(), repeating: None, exp10: 0 })?;
+                Tok::Sym(']')
+            }
             '∪' => Tok::Cmd("cup".into()),
             '∩' => Tok::Cmd("cap".into()),
             '∈' => Tok::Cmd("in".into()),
@@ -137,7 +146,8 @@ impl Lexer {
                 let digit = if c == '²' { "2" } else { "3" };
                 Tok::Num { digits: digit.into(), repeating: None, exp10: 0 }
             }
-            '$' => return Ok(()),
+            // Currency signs carry no value (`\$` and `$` are already dropped).
+            '$' | '€' | '£' | '¥' | '₹' => return Ok(()),
             '*' if self.peek() == Some('*') => {
                 // `**` is Python's power.
                 self.pos += 1;
@@ -180,13 +190,14 @@ impl Lexer {
         self.chars[start..self.pos].iter().collect()
     }
 
-    /// A thousands separator (`,`, `\,`, `{,}`, `\ `) followed by exactly three digits:
+    /// A thousands separator (`,`, `\,`, `{,}`, `\ `, a space) followed by exactly three digits:
     /// returns the separator's length.
     fn thousands_separator(&self) -> Option<usize> {
-        let sep = [",", "\\,", "{,}", "\\ ", "\\!", "\\;"].into_iter().find(|s| self.starts_with(s))?;
+        // A plain space too (`1 234`), but not before a fraction: `2 100/3` is a mixed number.
+        let sep = [",", "\\,", "{,}", "\\ ", "\\!", "\\;", " "].into_iter().find(|s| self.starts_with(s))?;
         let n = sep.chars().count();
         let three = (0..3).all(|k| self.peek_at(n + k).is_some_and(|c| c.is_ascii_digit()));
-        let more = self.peek_at(n + 3).is_some_and(|c| c.is_ascii_digit());
+        let more = self.peek_at(n + 3).is_some_and(|c| c.is_ascii_digit() || (sep == " " && c == '/'));
         (three && !more).then_some(n)
     }
 
@@ -351,7 +362,7 @@ impl Lexer {
                 return Ok(());
             }
             "quad" | "qquad" | "displaystyle" | "textstyle" | "scriptstyle" | "limits" | "nolimits"
-            | "mathbf" | "boldsymbol" | "mathit" | "mathsf" | "mathbb" | "mathcal" | "bm" | "bf"
+            | "mathbf" | "boldsymbol" | "mathit" | "mathsf" | "mathcal" | "bm" | "bf"
             | "it" | "rm" | "phantom" | "hspace" | "vspace" | "enspace" | "thinspace" | "negthinspace"
             | "underline" | "mathopen" | "mathclose" | "mathrel" | "mathbin" | "mathord" => {
                 if matches!(name.as_str(), "hspace" | "vspace" | "phantom") {
@@ -361,6 +372,15 @@ impl Lexer {
             }
             "text" | "textbf" | "textit" | "textrm" | "texttt" | "textnormal" | "mbox" | "hbox"
             | "textsf" | "emph" => return self.text_group(nesting),
+            "mathbb" => {
+                // `\mathbb{R}` is the real line; other blackboard letters stay letters.
+                let inner = self.read_group().unwrap_or_default();
+                match inner.trim() {
+                    "R" => Tok::Cmd("reals".into()),
+                    "" => return Ok(()),
+                    other => return self.sub_tokenize(other, nesting),
+                }
+            }
             "mathrm" | "operatorname" => {
                 let inner = self.read_group().unwrap_or_default();
                 let inner = inner.trim();
@@ -395,7 +415,8 @@ impl Lexer {
             "ne" | "neq" => Tok::Ne,
             "lt" => Tok::Sym('<'),
             "gt" => Tok::Sym('>'),
-            "approx" | "equiv" | "simeq" => Tok::Sym('='),
+            "approx" | "simeq" => Tok::Sym('≈'),
+            "equiv" => Tok::Sym('='),
             "colon" => Tok::Sym(':'),
             "lvert" | "rvert" | "vert" | "mid" | "lVert" | "rVert" | "Vert" => Tok::Sym('|'),
             "langle" => Tok::Sym('('),
@@ -423,7 +444,8 @@ impl Lexer {
         let mathy = trimmed.chars().next().is_some_and(|c| c.is_ascii_digit() || "-+(.[".contains(c))
             || trimmed.contains('\\')
             || trimmed.contains('$');
-        let is_choice = trimmed.len() <= 3 && trimmed.trim_matches(|c| c == '(' || c == ')').len() == 1;
+        let letter = trimmed.trim_matches(|c| c == '(' || c == ')');
+        let is_choice = trimmed.len() <= 3 && letter.len() == 1 && letter.chars().all(|c| c.is_ascii_alphabetic());
         if mathy && !is_choice {
             return self.sub_tokenize(trimmed, nesting);
         }
@@ -467,6 +489,45 @@ fn detect_period(frac: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// What the character lexer cannot see: `1.2 x 10^5` (the letter x as the times sign, only
+/// between a number and a power of ten), scale words (`2.5 million`), and the C or F of `25°C`.
+fn fold_scientific(mut toks: Vec<Tok>) -> Vec<Tok> {
+    for i in 1..toks.len() {
+        // `25°C`: the C or F after a degree sign names the scale (a unit), not a variable.
+        if toks[i - 1] == Tok::Degree && matches!(&toks[i], Tok::Word { text, .. } if text == "C" || text == "F") {
+            if let Tok::Word { text, .. } = &toks[i] {
+                toks[i] = Tok::Text(text.clone());
+            }
+        }
+        let after_number = matches!(toks[i - 1], Tok::Num { .. });
+        let times_x = matches!(&toks[i], Tok::Word { text, .. } if text == "x" || text == "X")
+            && matches!(toks.get(i + 1), Some(Tok::Num { digits, exp10: 0, .. }) if digits == "10")
+            && toks.get(i + 2) == Some(&Tok::Sym('^'));
+        if after_number && times_x {
+            toks[i] = Tok::Sym('*');
+        }
+    }
+    let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
+    for tok in toks {
+        let power = match &tok {
+            Tok::Word { text, spaced: true } => match text.as_str() {
+                "thousand" => 3,
+                "million" => 6,
+                "billion" => 9,
+                "trillion" => 12,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if let (true, Some(Tok::Num { exp10, .. })) = (power > 0, out.last_mut()) {
+            *exp10 += power;
+            continue;
+        }
+        out.push(tok);
+    }
+    out
 }
 
 /// `^\circ` and `^{\circ}` become one degree token.

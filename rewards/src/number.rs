@@ -309,8 +309,14 @@ pub fn parse_decimal(digits: &str, repeating: Option<&str>) -> Option<BigRationa
         return None;
     }
     let ten = BigInt::from(10u32);
-    let mantissa: BigInt = format!("0{int_part}{frac_part}").parse().ok()?;
-    let scale = num_traits::pow(ten.clone(), frac_part.len());
+    // Up to 19 digits fit a u64: no string building or big parsing for ordinary literals.
+    let mantissa: BigInt = if int_part.len() + frac_part.len() <= 19 {
+        let digits = int_part.bytes().chain(frac_part.bytes());
+        BigInt::from(digits.fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0')))
+    } else {
+        format!("0{int_part}{frac_part}").parse().ok()?
+    };
+    let scale = ten_to(frac_part.len() as u64);
     let mut value = BigRational::new(mantissa, scale.clone());
     if let Some(rep) = repeating.filter(|r| !r.is_empty()) {
         if !all_digits(rep) {
@@ -333,15 +339,57 @@ pub fn parse_in_base(digits: &str, base: u32) -> Option<BigRational> {
     Some(BigRational::from_integer(n))
 }
 
+/// `10^k` as a big integer (the caller bounds `k`).
+fn ten_to(k: u64) -> BigInt {
+    match 10u64.checked_pow(k as u32).filter(|_| k < 20) {
+        Some(p) => BigInt::from(p),
+        None => num_traits::pow(BigInt::from(10u32), k as usize),
+    }
+}
+
+/// `10^places` for any sign of `places` (the caller bounds its size).
+pub fn pow10(places: i64) -> BigRational {
+    let p = ten_to(places.unsigned_abs());
+    if places >= 0 {
+        BigRational::from_integer(p)
+    } else {
+        BigRational::new_raw(BigInt::one(), p)
+    }
+}
+
 /// Rounds `x * 10^places` half away from zero to an integer.
 pub fn round_scaled(x: &BigRational, places: u32) -> BigInt {
-    let scaled = x * BigRational::from_integer(num_traits::pow(BigInt::from(10u32), places as usize));
-    let half = BigRational::new(BigInt::one(), BigInt::from(2u32));
-    if scaled.is_negative() {
-        -((-scaled + half).floor().to_integer())
+    round_at(x, i64::from(places))
+}
+
+/// `x · 10^places` as an integer numerator and denominator (unreduced).
+fn scaled_parts(x: &BigRational, places: i64) -> (BigInt, BigInt) {
+    let (mut num, mut den) = (x.numer().clone(), x.denom().clone());
+    let p = ten_to(places.unsigned_abs());
+    if places >= 0 {
+        num *= p;
     } else {
-        (scaled + half).floor().to_integer()
+        den *= p;
     }
+    (num, den)
+}
+
+/// [`round_scaled`] for a place on either side of the point (`-3`: to thousands). Integer
+/// arithmetic only: `floor((2|n| + d) / 2d)` for `x · 10^places = n/d`, no rational reductions.
+pub fn round_at(x: &BigRational, places: i64) -> BigInt {
+    let (num, den) = scaled_parts(x, places);
+    let q = (num.abs() * 2u32 + &den) / (den * 2u32);
+    if x.is_negative() {
+        -q
+    } else {
+        q
+    }
+}
+
+/// `x · 10^places` truncated toward zero.
+pub fn truncate_at(x: &BigRational, places: i64) -> BigInt {
+    let (num, den) = scaled_parts(x, places);
+    num / den
 }
 
 /// Canonical text of an exact rational: `42`, `-2.5` when it terminates within

@@ -195,6 +195,11 @@ impl<'a> Parser<'a> {
                 _ => break,
             }
         }
+        // TeX's `{5 \over 8}`: everything before `\over` in the group over everything after.
+        if self.eat(&Tok::Cmd("over".into())) {
+            let den = self.expr()?;
+            lhs = Expr::Div(Box::new(lhs), Box::new(den));
+        }
         self.depth -= 1;
         Ok(lhs)
     }
@@ -206,7 +211,7 @@ impl<'a> Parser<'a> {
             Tok::Sym('|') => self.abs_depth == 0,
             Tok::Cmd(c) => !matches!(
                 c.as_str(),
-                "cup" | "cap" | "pm" | "mp" | "in" | "dots" | "rfloor" | "rceil" | "setminus" | "to" | "quad"
+                "cup" | "cap" | "pm" | "mp" | "in" | "dots" | "rfloor" | "rceil" | "setminus" | "to" | "quad" | "over"
             ),
             _ => false,
         }

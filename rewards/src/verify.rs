@@ -4,7 +4,8 @@ use serde::Deserialize;
 
 use crate::answer::{parse_answer, parse_choice, Answer};
 use crate::equiv::answers_equivalent;
-use crate::extract::{extract, gold_answer, is_hedged, last_choice_letter, or_as_comma, ExtractMode, Extraction};
+use crate::extract::{extract, gold_answer, is_hedged, last_choice_letter, or_as_comma, ExtractMode, Extraction, NO_ANSWER};
+use crate::unicode::normalize;
 
 /// Longest gold or response accepted (bytes); longer input is "not equivalent".
 pub const MAX_INPUT_BYTES: usize = 512 * 1024;
@@ -51,11 +52,18 @@ fn not_correct(extracted: Option<String>, reason: impl Into<String>) -> Verdict 
 
 /// Whitespace- and decoration-insensitive text, for the "written the same" shortcut.
 fn squash(s: &str) -> String {
-    let mut out: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    for noise in ["\\left", "\\right", "\\!", "\\,", "\\;", "\\displaystyle", "$"] {
-        out = out.replace(noise, "");
+    let mut out: String = s.chars().filter(|c| !c.is_whitespace() && *c != '$').collect();
+    if out.contains('\\') {
+        for noise in ["\\left", "\\right", "\\!", "\\,", "\\;", "\\displaystyle"] {
+            if out.contains(noise) {
+                out = out.replace(noise, "");
+            }
+        }
+        out = out.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac");
     }
-    out.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").trim_end_matches('.').to_string()
+    let kept = out.trim_end_matches('.').len();
+    out.truncate(kept);
+    out
 }
 
 impl Verifier {
@@ -70,6 +78,13 @@ impl Verifier {
     /// The response's final answer under this configuration.
     pub fn extract(&self, response: &str) -> Extraction {
         if response.len() > MAX_INPUT_BYTES {
+            return self.extract_normalized(response);
+        }
+        self.extract_normalized(&normalize(response))
+    }
+
+    fn extract_normalized(&self, response: &str) -> Extraction {
+        if response.len() > MAX_INPUT_BYTES {
             return Extraction::NotAnswer(format!("response longer than {MAX_INPUT_BYTES} bytes"));
         }
         extract(response, &self.config.modes)
@@ -79,11 +94,22 @@ impl Verifier {
         if gold.len() > MAX_INPUT_BYTES {
             return not_correct(None, format!("gold longer than {MAX_INPUT_BYTES} bytes"));
         }
-        let answer = match self.extract(response) {
+        if response.len() > MAX_INPUT_BYTES {
+            return not_correct(None, format!("response longer than {MAX_INPUT_BYTES} bytes"));
+        }
+        let response = normalize(response);
+        let gold = gold_answer(&normalize(gold));
+        let answer = match self.extract_normalized(&response) {
             Extraction::Found { answer, .. } => answer,
+            // A multiple-choice pick named only in prose: "the correct choice is (D)."
+            Extraction::NotAnswer(why) if why == NO_ANSWER && matches!(parse_answer(&gold), Ok(Answer::Choice(_))) => {
+                match last_choice_letter(&response) {
+                    Some(c) => c.to_string(),
+                    None => return not_correct(None, why),
+                }
+            }
             Extraction::NotAnswer(why) => return not_correct(None, why),
         };
-        let gold = gold_answer(gold);
         let verdict = |correct: bool, reason: Option<String>| Verdict { correct, extracted: Some(answer.clone()), reason };
         if answer.chars().count() > MAX_ANSWER_CHARS {
             let short: String = answer.chars().take(200).collect();
@@ -114,7 +140,7 @@ impl Verifier {
         };
         let resp_parsed = match &gold_parsed {
             Answer::Choice(_) => parse_choice(&answer_text)
-                .or_else(|| last_choice_letter(response))
+                .or_else(|| last_choice_letter(&response))
                 .map(Answer::Choice)
                 .ok_or_else(|| "not a choice letter".to_string()),
             _ => parse_answer(&answer_text),

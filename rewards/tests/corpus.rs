@@ -24,7 +24,7 @@ fn load() -> Vec<Case> {
 #[test]
 fn corpus_has_enough_cases() {
     let cases = load();
-    assert!(cases.len() >= 300, "only {} cases", cases.len());
+    assert!(cases.len() >= 1000, "only {} cases", cases.len());
     // Where math-verify was recorded as disagreeing, the note must say so.
     for c in &cases {
         if let Some(mv) = c.math_verify {

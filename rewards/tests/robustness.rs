@@ -70,6 +70,34 @@ fn megabyte_strings() {
 }
 
 #[test]
+fn long_prose_through_the_uncommitted_modes() {
+    // Each stresses one scan of the bold, math-span or last-number modes, or the normalisation:
+    // many candidates, many side-clause markers, long runs to rewrite.
+    let inputs = [
+        "**1** ".repeat(80_000),
+        "**a:** ".repeat(70_000),
+        "**a**\n".repeat(80_000),
+        "$5 for the ".repeat(40_000),
+        "one ".repeat(120_000),
+        "twenty ".repeat(70_000),
+        "x = 1, ".repeat(70_000),
+        "Check: 1 = 1. ".repeat(35_000),
+        "when 1 ".repeat(70_000),
+        "Given that x = 1. ".repeat(25_000),
+        "3x + 2 = ".repeat(50_000),
+        "18 dollars and 90 cents ".repeat(20_000),
+        "½".repeat(200_000),
+        "²".repeat(200_000),
+        "θ".repeat(150_000),
+        format!("The answer is {}", "√".repeat(100_000)),
+    ];
+    for text in &inputs {
+        timed_verify("5", text);
+        timed_verify(&text.chars().take(2000).collect::<String>(), "\\boxed{5}");
+    }
+}
+
+#[test]
 fn nul_bytes_and_control_characters() {
     assert_rejected("5", "\\boxed{5\0}");
     assert_rejected("5", &"\0".repeat(100_000));
@@ -153,6 +181,32 @@ fn random_token_soup_never_panics_and_is_bounded() {
         let _ = calc::evaluate(&response);
         // The answer compared with itself, boxed: never a panic; usually correct.
         let _ = timed_verify(&gold, &format!("\\boxed{{{gold}}}"));
+    }
+}
+
+/// Prose, Unicode maths and units, glued at random: the uncommitted modes (no box), the
+/// normalisation and the unit and word readers see them.
+const PROSE: &[&str] = &[
+    "The answer is ", "Answer: ", "**", "Total: ", "so ", "x = ", "3x + 2 = ", "17", "−", "½", "2½", "²", "⁻³",
+    "³⁄₈", "∠A", "m∠", "√", "∛", "π", "∞", "ℝ", "℃", "°", "°C", "\u{a0}", "\u{2009}", "\u{200b}", "４２", "．",
+    "1 000", "1.2 × 10^5", "1.2·10⁵", "1.2e-3", " x 10^", "km/h", " m/s", " cm", " mm²", " hours", " dollars and ",
+    " cents", "twenty-four", "three-fourths", "one and a half", " point ", "million", "negative ", "a ", "one",
+    ", which is ", " when ", ", attained at $x = 2$", " since ", " (", ")", " (out of 40)", "[", "]", "$", "$$",
+    "\\(", "\\)", "\\approx", "≈", "\\over", "{", "}", "\\lim_{x\\to0}", " = ", "Given that ", "From the problem, ",
+    "Let n = ", "Check: ", "Verification: ", " ✓", ".", ". ", ",", ":", "\n", "\n\n", " and ", " or ", "i", "(1+i)^2",
+    "\\mathbb{R}", "\\{5\\}", "[[1, 2], [3, 4]]", "(x, y) = (3, -1)", "😀", "é", "\u{301}", "Σ", "∑", "∫",
+];
+
+#[test]
+fn random_prose_never_panics() {
+    let mut rng = Rng(0x0DD5_EED5_0000_0016);
+    for _ in 0..4000 {
+        let n = rng.below(30);
+        let response: String = (0..n).map(|_| PROSE[rng.below(PROSE.len())]).collect();
+        let gold: String = (0..rng.below(4)).map(|_| PROSE[rng.below(PROSE.len())]).collect();
+        let v = timed_verify(&gold, &response);
+        assert!(v.correct || v.reason.is_some());
+        timed_verify(&response, &response);
     }
 }
 
