@@ -40,10 +40,11 @@ test: build reference
 	cargo test --release --workspace
 	NOREGRET_BIN=$(abspath $(BIN)) $(PY) -m pytest -q tests/python
 
-# Until the trainer lands: make a small model and sample from it.
+# The default experiment: rank-2 LoRA RL on the project's own base model (models/arith-base,
+# made by `noregret sft configs/arith-base.toml`). Results in runs/arith/ (replaced each time).
 train: build
-	$(BIN) init-model --preset tiny --out models/tiny-random --seed 0
-	$(BIN) sample --model models/tiny-random --prompt "12+35-8=" -n 4 --max-new-tokens 8
+	rm -rf runs/arith
+	$(BIN) train configs/arith.toml
 
 bench: build reference
 	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/run_bench.py

@@ -169,7 +169,7 @@ mod tests {
         let b = Tensor::from_slice(&[0.0f32]).set_requires_grad(true);
         let mut opt = AdamW::new(vec![a.shallow_clone(), b.shallow_clone()], AdamWConfig::default());
         // Gradients (3, 0) and (4): norm 5.
-        (&a * Tensor::from_slice(&[3.0f32, 0.0]) + &b * 4.0).sum(Kind::Float).backward();
+        ((&a * Tensor::from_slice(&[3.0f32, 0.0])).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float)).backward();
         let norm = opt.clip_grad_norm(1.0);
         assert!((norm - 5.0).abs() < 1e-6);
         let clipped = opt.clip_grad_norm(0.0);
