@@ -3,6 +3,7 @@
   peer.py ceiling                      float32 matmul GFLOP/s (the machine's ceiling)
   peer.py generate --model DIR ...     HF generate tokens/s (KV cache, pure sampling, exactly T new tokens)
   peer.py train-step --model DIR ...   one policy-gradient step (forward, backward, AdamW) with peft LoRA or full FT
+  peer.py grpo --model DIR ...         TRL's GRPOTrainer with a peft LoRA: seconds per RL step (sample, score, learn)
 
 Each prints one JSON line per configuration. Timings are medians after a warm-up.
 """
@@ -106,6 +107,55 @@ def train_step(args):
                       "threads": torch.get_num_threads()}), flush=True)
 
 
+def grpo(args):
+    """TRL GRPOTrainer, every step = sample `batch` completions (`batch / group` prompts x `group`),
+    exact-match reward, one AdamW step on a peft LoRA (rank 2, alpha 32, all linear layers).
+    Settings as `noregret bench rl-step`: temperature 1, no reference model (beta 0), one
+    iteration per batch, no gradient checkpointing. Prompts are "a+b=" with a, b in 1..999."""
+    import random
+    import tempfile
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    rng = random.Random(0)
+    pairs = [(rng.randint(1, 999), rng.randint(1, 999)) for _ in range(args.steps * args.batch)]
+    data = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
+
+    def exact(completions, answer, **_):
+        return [1.0 if (c.split() or [""])[0] == a else 0.0 for c, a in zip(completions, answer)]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, *_, **__):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.t0)
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=f"{args.model}/tokenizer.json", bos_token="<bos>", eos_token="<eos>",
+                                  pad_token="<pad>")
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(output_dir=out, use_cpu=True, bf16=False, fp16=False, seed=0, max_steps=args.steps,
+                         per_device_train_batch_size=args.batch, num_generations=args.group, gradient_accumulation_steps=1,
+                         num_iterations=1, max_completion_length=args.new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+                         beta=0.0, learning_rate=1e-5, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+                         report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+        lora = LoraConfig(r=2, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+        trainer = GRPOTrainer(model=load(args.model).train(), reward_funcs=exact, args=cfg, train_dataset=data,
+                              processing_class=tok, peft_config=lora, callbacks=[timer])
+        trainer.train()
+    steady = timer.times[1:] or timer.times
+    print(json.dumps({"bench": "rl_step", "impl": "trl", "model": args.model, "batch": args.batch, "group": args.group,
+                      "new_tokens": args.new_tokens, "steps": args.steps, "s_per_step": statistics.median(steady),
+                      "step_times_s": [round(t, 4) for t in timer.times], "threads": torch.get_num_threads()}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -125,9 +175,15 @@ def main():
     tp.add_argument("--seq-len", type=int, default=96)
     tp.add_argument("--lora-rank", type=int, default=2)
     tp.add_argument("--runs", type=int, default=5)
+    rp = sub.add_parser("grpo")
+    rp.add_argument("--model", required=True)
+    rp.add_argument("--steps", type=int, default=6)
+    rp.add_argument("--batch", type=int, default=16)
+    rp.add_argument("--group", type=int, default=8)
+    rp.add_argument("--new-tokens", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"ceiling": ceiling, "generate": generate, "train-step": train_step}[args.cmd](args)
+    {"ceiling": ceiling, "generate": generate, "train-step": train_step, "grpo": grpo}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ pub enum Command {
     Sft(cmd::sft::SftArgs),
     /// Held-out pass@1 (greedy) and pass@k of a model, with or without an adapter.
     Eval(cmd::eval::EvalArgs),
+    /// A grid of train or sft runs over any config keys (resumable).
+    Sweep(cmd::sweep::SweepArgs),
+    /// Plots and a markdown table from a sweep's run directories.
+    Report(cmd::sweep::ReportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -48,12 +52,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => cmd::sample::run(args),
         Command::Logprobs(args) => cmd::logprobs::run(args),
         Command::InitModel(args) => cmd::init_model::run(args),
-        Command::Bench(args) => cmd::bench::run(args),
+        Command::Bench(args) => cmd::bench::run(args, cli.threads),
         Command::Export(args) => cmd::export::run(args),
         Command::Adapter(args) => cmd::adapter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Train(args) => cmd::train::run(args, cli.threads),
         Command::Sft(args) => cmd::sft::run(args, cli.threads),
         Command::Eval(args) => cmd::eval::run(args, cli.threads),
+        Command::Sweep(args) => cmd::sweep::sweep(args, cli.threads),
+        Command::Report(args) => cmd::sweep::report(args),
     }
 }

@@ -1,6 +1,7 @@
 //! noregret's top crate: the CLI, experiment configs, the learner and the training loop, eval,
 //! checkpoints, run directories.
 
+pub mod bench_rollout;
 pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
@@ -15,6 +16,8 @@ pub mod memory;
 pub mod model_args;
 pub mod optim;
 pub mod plan;
+pub mod report;
 pub mod run_dir;
 pub mod sft;
+pub mod sweep;
 pub mod train;

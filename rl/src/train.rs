@@ -248,6 +248,10 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         eval_pause = 0.0;
         let mut line = step_line(step, version, &batch, &m, &counters, staleness, interval, wait_seconds);
         line.insert("sampled_tokens_per_s".into(), json!((totals.sampled_tokens - last_totals.sampled_tokens) as f64 / interval));
+        // Where the step's time went besides the learner: samplers' forward passes and sampling,
+        // and env steps/rewards on the reward pool (summed over threads).
+        line.insert("sampler_busy_seconds".into(), json!(totals.busy_seconds - last_totals.busy_seconds));
+        line.insert("scoring_seconds".into(), json!(totals.scoring_seconds - last_totals.scoring_seconds));
         if totals.swaps > last_totals.swaps {
             let latency = (totals.swap_latency_seconds - last_totals.swap_latency_seconds) / (totals.swaps - last_totals.swaps) as f64;
             line.insert("swap_latency_ms".into(), json!(latency * 1e3));

@@ -34,6 +34,7 @@ pub struct Totals {
     pub groups: u64,
     pub skipped_groups: u64,
     pub recomputed_tokens: u64,
+    pub scoring_seconds: f64,
 }
 
 pub struct Engine {
@@ -93,21 +94,13 @@ impl Engine {
         self.control.failure()
     }
 
+    /// A handle that reads the samplers' counters from another thread.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.stats.clone())
+    }
+
     pub fn totals(&self) -> Totals {
-        let mut t = Totals::default();
-        for s in &self.stats {
-            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-            t.sampled_tokens += get(&s.sampled_tokens);
-            t.prompt_tokens += get(&s.prompt_tokens);
-            t.busy_seconds += get(&s.busy_ns) as f64 * 1e-9;
-            t.swaps += get(&s.swaps);
-            t.swap_latency_seconds += get(&s.swap_latency_ns) as f64 * 1e-9;
-            t.swap_latency_max_seconds = t.swap_latency_max_seconds.max(get(&s.swap_latency_max_ns) as f64 * 1e-9);
-            t.groups += get(&s.groups);
-            t.skipped_groups += get(&s.skipped_groups);
-            t.recomputed_tokens += get(&s.recomputed_tokens);
-        }
-        t
+        self.stats_handle().totals()
     }
 
     /// Stop every worker and wait for them. Groups already in the transport stay there.
@@ -125,6 +118,35 @@ impl Engine {
         if let Some(scorer) = self.scorer.take() {
             scorer.shutdown();
         }
+    }
+}
+
+/// The samplers' counters, readable from any thread.
+#[derive(Clone)]
+pub struct StatsHandle(Vec<Arc<SamplerStats>>);
+
+impl StatsHandle {
+    /// Version swaps so far, over all samplers.
+    pub fn swaps(&self) -> u64 {
+        self.0.iter().map(|s| s.swaps.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for s in &self.0 {
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            t.sampled_tokens += get(&s.sampled_tokens);
+            t.prompt_tokens += get(&s.prompt_tokens);
+            t.busy_seconds += get(&s.busy_ns) as f64 * 1e-9;
+            t.swaps += get(&s.swaps);
+            t.swap_latency_seconds += get(&s.swap_latency_ns) as f64 * 1e-9;
+            t.swap_latency_max_seconds = t.swap_latency_max_seconds.max(get(&s.swap_latency_max_ns) as f64 * 1e-9);
+            t.groups += get(&s.groups);
+            t.skipped_groups += get(&s.skipped_groups);
+            t.recomputed_tokens += get(&s.recomputed_tokens);
+            t.scoring_seconds += get(&s.scoring_ns) as f64 * 1e-9;
+        }
+        t
     }
 }
 

@@ -79,6 +79,8 @@ pub struct SamplerStats {
     pub skipped_groups: AtomicU64,
     /// Cached positions computed again after swaps.
     pub recomputed_tokens: AtomicU64,
+    /// Time env steps and rewards took on the reward pool.
+    pub scoring_ns: AtomicU64,
 }
 
 impl SamplerStats {
@@ -279,6 +281,7 @@ impl Sampler {
 
     fn handle(&mut self, done: StepDone) -> Result<()> {
         self.outstanding -= 1;
+        SamplerStats::add(&self.stats.scoring_ns, (done.seconds * 1e9) as u64);
         let Some(row) = self.rows.iter().position(|r| r.as_ref().is_some_and(|r| r.key == done.key)) else {
             return Err(Error::msg(format!("internal: an env answer for unknown episode {:?}", done.key)));
         };

@@ -23,6 +23,56 @@ pub enum BenchKind {
     Generate(GenerateBench),
     /// One policy-gradient learner step: forward, log-softmax, backward, AdamW.
     TrainStep(TrainStepBench),
+    /// The rollout engine (micro-turns, a new adapter version every micro-turn) against
+    /// whole-sequence generate with a fixed adapter: same prompts and lengths.
+    Rollout(RolloutBench),
+    /// Whole RL steps of `noregret train` (sample, score, learn) on "a+b=" problems: the
+    /// settings of TRL's GRPOTrainer peer (bench/peer.py grpo).
+    RlStep(RlStepBench),
+}
+
+#[derive(Args)]
+pub struct RlStepBench {
+    /// Base model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 6)]
+    pub steps: u64,
+    /// Completions per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: i64,
+    /// The lag budget: 0 alternates sampling and learning; 1 lets them overlap.
+    #[arg(long, default_value_t = 0)]
+    pub max_staleness: u64,
+}
+
+#[derive(Args)]
+pub struct RolloutBench {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sequences (one prompt each).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Prompt tokens (random letters, one token each with the benchmark tokenizers, after <bos>).
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// New tokens per sequence (eos ignored).
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: i64,
+    #[arg(long, default_value_t = 8)]
+    pub micro_turn_tokens: usize,
+    /// Rank of the all-layer adapter (non-zero B).
+    #[arg(long, default_value_t = 2)]
+    pub lora_rank: i64,
+    #[arg(long, default_value_t = 1)]
+    pub samplers: usize,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
 
 #[derive(Args)]
@@ -65,10 +115,12 @@ pub struct GenerateBench {
     pub trace: Option<PathBuf>,
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, threads: Option<i32>) -> Result<()> {
     match args.what {
         BenchKind::Generate(g) => generate(g),
         BenchKind::TrainStep(t) => train_step(t),
+        BenchKind::Rollout(r) => rollout(r),
+        BenchKind::RlStep(r) => rl_step(r, threads),
     }
 }
 
@@ -162,6 +214,126 @@ fn train_step(args: TrainStepBench) -> Result<()> {
         "lora_rank": args.lora_rank, "trainable": trainable, "optimizer_state": opt.state_numel(),
         "threads": tch::get_num_threads(), "median_s": median, "times_s": times,
         "tok_per_s": (args.batch * args.seq_len) as f64 / median, "peak_rss_mib": peak_rss_mib(),
+    }));
+    Ok(())
+}
+
+fn rl_step(args: RlStepBench, threads: Option<i32>) -> Result<()> {
+    anyhow::ensure!(args.group >= 1 && args.batch % args.group == 0, "--batch must be a multiple of --group");
+    let dir = tempfile_dir()?;
+    let text = format!(
+        "[model]\npath = {model:?}\n[adapter]\nrank = 2\nalpha = 32\n[env.problems]\nsource = \"arith\"\nlevel = \"add3\"\ntest_size = 8\n\
+         [rollout]\ngroup_size = {group}\ngroups_per_step = {groups}\nmax_new_tokens = {new}\ntemperature = 1.0\nmax_staleness = {s}\n\
+         [rl]\nsteps = {steps}\nlr = 1e-5\ndrop_uniform_groups = false\n[eval]\nevery = 0\nproblems = 1\n\
+         [run]\nout = {out:?}\ncheckpoint_every = 0\nsamples_every = 0\n",
+        model = args.model.display().to_string(),
+        group = args.group,
+        groups = args.batch / args.group,
+        new = args.new_tokens,
+        s = args.max_staleness,
+        steps = args.steps,
+        out = dir.join("run").display().to_string(),
+    );
+    let path = dir.join("rl-step.toml");
+    std::fs::write(&path, text)?;
+    let exp = crate::experiment::Experiment::load(&path, &[])?;
+    let outcome = crate::train::run(exp, false, threads);
+    let metrics = crate::run_dir::read_json_lines(&dir.join("run").join(crate::run_dir::METRICS));
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome?;
+    // Steady state: every step after the first.
+    let steps: Vec<&serde_json::Value> = metrics.iter().filter(|l| l.get("loss").is_some()).skip(1).collect();
+    let median = |key: &str| {
+        let mut v: Vec<f64> = steps.iter().filter_map(|l| l.get(key).and_then(serde_json::Value::as_f64)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!("{}", json!({
+        "bench": "rl_step", "impl": "noregret", "model": args.model, "batch": args.batch, "group": args.group,
+        "new_tokens": args.new_tokens, "steps": args.steps, "max_staleness": args.max_staleness,
+        "s_per_step": median("step_seconds"), "wait_s": median("wait_seconds"), "learner_s": median("learner_seconds"),
+        "sampling_s": median("sampler_busy_seconds"), "scoring_s": median("scoring_seconds"),
+        "completion_tokens_mean": median("completion_tokens_mean"), "sampled_tokens_per_s": median("sampled_tokens_per_s"),
+        "step_times_s": steps.iter().filter_map(|l| l.get("step_seconds")).collect::<Vec<_>>(),
+        "threads": tch::get_num_threads(),
+    }));
+    Ok(())
+}
+
+/// A fresh scratch directory under the system's temp directory.
+fn tempfile_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("noregret-bench-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn rollout(args: RolloutBench) -> Result<()> {
+    use std::sync::Arc;
+    anyhow::ensure!(args.batch >= 1 && args.samplers >= 1 && args.lora_rank >= 1, "--batch, --samplers and --lora-rank must be positive");
+    let policy = args.model.load()?;
+    let threads = tch::get_num_threads().max(1) as usize;
+    let adapter = busy_adapter(&policy.model.config, args.lora_rank, policy.model.device())?;
+    let mut rng = policies::rng::SplitMix::new(7);
+    let prompts: Vec<String> = (0..args.batch)
+        .map(|_| (0..args.prompt_len.saturating_sub(1)).map(|_| (b'a' + (rng.next_u64() % 26) as u8) as char).collect())
+        .collect();
+    let params = policies::SamplingParams { max_new_tokens: args.new_tokens, ignore_eos: true, ..Default::default() };
+    let model = Arc::new(policy.model);
+    let tokenizer = Arc::new(policy.tokenizer);
+    let lora = tch::no_grad(|| policies::LoraRuntime::single(&model.config, &adapter, model.kind()))?;
+    let encoded: Vec<Vec<i64>> = prompts.iter().map(|p| tokenizer.encode(p, true)).collect::<policies::Result<_>>()?;
+    let streams: Vec<u64> = (0..args.batch as u64).collect();
+    let per_thread = (threads / args.samplers).max(1);
+    let engine = |publish: bool, recompute: bool| {
+        crate::bench_rollout::engine_run(model.clone(), tokenizer.clone(), &adapter, &prompts, &params, args.micro_turn_tokens, args.samplers, per_thread, recompute, publish)
+    };
+    let generate = || -> Result<(f64, u64)> {
+        let start = Instant::now();
+        let decode = |ids: &[i64]| tokenizer.decode(ids);
+        let generation = policies::Generation { model: &model, lora: Some(&lora), eos_ids: &tokenizer.eos_ids, decode: &decode };
+        let out = generation.run(&encoded, &streams, &params)?;
+        Ok((start.elapsed().as_secs_f64(), out.iter().map(|c| c.tokens.len() as u64).sum()))
+    };
+    // Warm-up, then interleaved rounds: publish-every-micro-turn (cache kept / recomputed),
+    // a fixed version, and generate.
+    engine(true, false)?;
+    // Memory of the samplers alone (before generate's own cache exists).
+    let rss_engine = peak_rss_mib();
+    generate()?;
+    let (mut keep, mut recompute, mut fixed, mut whole) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut latency, mut latency_max, mut swaps) = (Vec::new(), 0f64, 0u64);
+    for _ in 0..args.runs.max(1) {
+        let r = engine(true, false)?;
+        keep.push(r.tokens as f64 / r.seconds);
+        latency.push(r.swap_latency_mean_s);
+        latency_max = latency_max.max(r.swap_latency_max_s);
+        swaps += r.swaps;
+        let r = engine(true, true)?;
+        recompute.push(r.tokens as f64 / r.seconds);
+        let r = engine(false, false)?;
+        fixed.push(r.tokens as f64 / r.seconds);
+        let (s, t) = generate()?;
+        whole.push(t as f64 / s);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (keep, recompute, fixed, whole) = (median(&mut keep), median(&mut recompute), median(&mut fixed), median(&mut whole));
+    println!("{}", json!({
+        "bench": "rollout", "impl": "noregret", "model": args.model.model, "batch": args.batch, "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens, "micro_turn_tokens": args.micro_turn_tokens, "lora_rank": args.lora_rank,
+        "samplers": args.samplers, "threads": threads,
+        "tok_per_s_new_version_every_micro_turn": keep,
+        "tok_per_s_new_version_every_micro_turn_recompute": recompute,
+        "tok_per_s_fixed_version": fixed,
+        "tok_per_s_generate": whole,
+        "overhead_vs_generate": 1.0 - keep / whole,
+        "overhead_vs_generate_recompute": 1.0 - recompute / whole,
+        "swaps_per_run": swaps as f64 / args.runs.max(1) as f64,
+        "swap_latency_ms": median(&mut latency) * 1e3, "swap_latency_max_ms": latency_max * 1e3,
+        "peak_rss_mib_samplers": rss_engine,
     }));
     Ok(())
 }

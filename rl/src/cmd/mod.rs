@@ -8,5 +8,6 @@ pub mod init_model;
 pub mod logprobs;
 pub mod sample;
 pub mod sft;
+pub mod sweep;
 pub mod train;
 pub mod verify;
