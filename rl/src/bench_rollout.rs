@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use envs::{Env, EnvGroup, Observation, Problem, Step};
 use policies::{Adapter, Model, SamplingParams, TextTokenizer};
-use rollout::{Control, Engine, EngineConfig, InProcess, SamplerConfig, Snapshot, Transport, VersionSlot, WorkSource};
+use rollout::{Control, Engine, EngineConfig, InProcess, SamplerConfig, Shared, Snapshot, Transport, VersionSlot, WorkSource};
 
 /// Plays one turn and scores 0: the benchmark measures sampling, not rewards.
 struct OneTurn(Arc<Problem>);
@@ -88,7 +88,8 @@ pub fn engine_run(
         reward_workers: 1,
     };
     let started = Instant::now();
-    let engine = Engine::start(config, "bench", model, tokenizer, versions.clone(), Arc::new(Prompts(Mutex::new(groups))), transport.clone(), control);
+    let work = Arc::new(Prompts(Mutex::new(groups)));
+    let engine = Engine::start(config, "bench", Shared { model, tokenizer, versions: versions.clone(), work, transport: transport.clone(), control });
     // The learner's part: a new version whenever the samplers have swapped to the last one.
     let done = Arc::new(AtomicBool::new(false));
     let publisher = publish.then(|| {

@@ -56,7 +56,10 @@ pub fn dir_name(step: u64) -> String {
 
 /// Write checkpoint `state.step` atomically, then list it; keep the newest `keep` (0: all).
 /// `peft`: writes the PEFT copy of the adapter into the given directory.
-pub fn save(run: &RunDir, mut state: TrainState, tensors: &TrainTensors, keep: usize, peft: Option<&dyn Fn(&Path) -> Result<()>>) -> Result<PathBuf> {
+/// Writes extra files (a PEFT copy of the adapter) into a checkpoint directory being made.
+pub type ExtraFiles<'a> = &'a dyn Fn(&Path) -> Result<()>;
+
+pub fn save(run: &RunDir, mut state: TrainState, tensors: &TrainTensors, keep: usize, peft: Option<ExtraFiles>) -> Result<PathBuf> {
     let root = run.file(CHECKPOINTS);
     std::fs::create_dir_all(&root).with_context(|| format!("{}: cannot create", root.display()))?;
     let name = dir_name(state.step);
@@ -145,7 +148,7 @@ pub fn load(dir: &Path) -> Result<(TrainState, TrainTensors)> {
     if actual != state.tensors_sha256 {
         bail!("{}: corrupt checkpoint (SHA-256 {actual}, recorded {})", tensor_path.display(), state.tensors_sha256);
     }
-    let store = policies::weights::WeightStore::open_files(&[tensor_path.clone()])?;
+    let store = policies::weights::WeightStore::open_files(std::slice::from_ref(&tensor_path))?;
     let mut lists: [Vec<Tensor>; 3] = Default::default();
     for (k, kind) in ["param", "exp_avg", "exp_avg_sq"].iter().enumerate() {
         for i in 0.. {

@@ -32,9 +32,9 @@ pub enum Command {
     /// Write a randomly initialised checkpoint (HF format, character tokenizer).
     InitModel(cmd::init_model::InitModelArgs),
     /// RL on an experiment file (TOML), into a run directory.
-    Train(cmd::train::TrainArgs),
+    Train(cmd::train::RunArgs),
     /// Supervised fine-tuning on an experiment file (TOML), into a run directory.
-    Sft(cmd::sft::SftArgs),
+    Sft(cmd::train::RunArgs),
     /// Held-out pass@1 (greedy) and pass@k of a model, with or without an adapter.
     Eval(cmd::eval::EvalArgs),
     /// A grid of train or sft runs over any config keys (resumable).

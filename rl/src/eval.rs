@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use envs::{EnvGroup, GroupSource};
 use policies::{Model, SamplingParams, TextTokenizer};
-use rollout::{Control, Engine, EngineConfig, InProcess, SamplerConfig, Snapshot, Transport, TrajectoryGroup, VersionSlot, WorkSource};
+use rollout::{Control, Engine, EngineConfig, InProcess, SamplerConfig, Shared, Snapshot, Transport, TrajectoryGroup, VersionSlot, WorkSource};
 use serde::Serialize;
 
 /// A fixed list of groups, handed out in order whatever the version.
@@ -141,7 +141,7 @@ fn play(
         },
         reward_workers: 1,
     };
-    let engine = Engine::start(config, "eval", model, tokenizer, versions, work, transport.clone(), control);
+    let engine = Engine::start(config, "eval", Shared { model, tokenizer, versions, work, transport: transport.clone(), control });
     let mut out = Vec::with_capacity(expected);
     while out.len() < expected {
         if let Some(failure) = engine.failure() {

@@ -490,7 +490,7 @@ impl Experiment {
                 bail!("{message}");
             }
         }
-        if rl.steps % rl.updates_per_batch != 0 {
+        if !rl.steps.is_multiple_of(rl.updates_per_batch) {
             bail!("[rl] steps ({}) must be a multiple of updates_per_batch ({})", rl.steps, rl.updates_per_batch);
         }
         Ok(())
@@ -498,6 +498,20 @@ impl Experiment {
 
     pub fn out_dir(&self) -> &Path {
         self.run.out.as_deref().expect("resolved")
+    }
+
+    /// How samplers draw tokens (and so how the learner scores them).
+    pub fn sampling(&self) -> policies::SamplingParams {
+        let r = &self.rollout;
+        policies::SamplingParams {
+            temperature: r.temperature,
+            top_p: r.top_p,
+            top_k: r.top_k,
+            max_new_tokens: r.max_new_tokens,
+            stop: Vec::new(),
+            ignore_eos: false,
+            seed: self.run.seed,
+        }
     }
 
     pub fn group_size(&self) -> usize {

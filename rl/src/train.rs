@@ -23,8 +23,8 @@ use crate::learner::data::{self, Sequence};
 use crate::learner::{Learner, StepMetrics, Trainable};
 use crate::plan::ThreadPlan;
 use crate::run_dir::{RunDir, ADAPTER, CONFIG, METRICS, SAMPLES, SUMMARY};
-use policies::{Adapter, LoraConfig, LoraPacker, Model, SamplingParams};
-use rollout::{Control, Dispenser, Engine, EngineConfig, InProcess, SamplerConfig, Snapshot, StreamPosition, Transport, TrajectoryGroup, VersionSlot, WorkPlan};
+use policies::{Adapter, LoraConfig, LoraPacker, Model};
+use rollout::{Control, Dispenser, Engine, EngineConfig, InProcess, SamplerConfig, Shared, Snapshot, StreamPosition, Transport, TrajectoryGroup, VersionSlot, WorkPlan};
 
 /// Set by Ctrl-C: the loop stops at the next group, checkpoints and exits.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -76,7 +76,7 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
     tracing::info!(?plan, "threads");
     let tokenizer = Arc::new(policy.tokenizer);
     let model_dir = policy.dir.clone();
-    let sampling = sampling_params(&exp);
+    let sampling = exp.sampling();
 
     // What is trained, and the samplers' first version of it.
     let (trainable, sampler_model, describe) = match exp.adapter.rank.lora() {
@@ -159,7 +159,8 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         recompute_on_swap: exp.rollout.kv_on_swap == KvOnSwap::Recompute,
     };
     let engine_config = EngineConfig { samplers: plan.samplers, sampler: sampler_config, reward_workers: plan.reward_workers };
-    let engine = Engine::start(engine_config, "sampler", sampler_model.clone(), tokenizer.clone(), versions.clone(), dispenser.clone(), transport.clone(), control);
+    let shared = Shared { model: sampler_model.clone(), tokenizer: tokenizer.clone(), versions: versions.clone(), work: dispenser.clone(), transport: transport.clone(), control };
+    let engine = Engine::start(engine_config, "sampler", shared);
     // Rates are per step; time spent evaluating is left out of the next step's interval.
     let mut last_totals = engine.totals();
     let mut last_time = Instant::now();
@@ -331,19 +332,6 @@ pub fn admit(g: &TrajectoryGroup, version: u64, max_staleness: u64) -> Admission
         Admission::Stale
     } else {
         Admission::Train
-    }
-}
-
-fn sampling_params(exp: &Experiment) -> SamplingParams {
-    let r = &exp.rollout;
-    SamplingParams {
-        temperature: r.temperature,
-        top_p: r.top_p,
-        top_k: r.top_k,
-        max_new_tokens: r.max_new_tokens,
-        stop: Vec::new(),
-        ignore_eos: false,
-        seed: exp.run.seed,
     }
 }
 
@@ -623,7 +611,7 @@ impl Progress {
             }
             None => {
                 let every = (self.total / 20).max(1);
-                if step % every == 0 || step == self.total || get("heldout_accuracy").is_some() {
+                if step.is_multiple_of(every) || step == self.total || get("heldout_accuracy").is_some() {
                     eprintln!("step {step}/{}  {msg}", self.total);
                 }
             }

@@ -4,10 +4,10 @@
 //! success or a clean failure: exit status 1 with one `error:` line, never a panic, an abort or
 //! a signal.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// SplitMix64: seeded, so a failing case can be replayed.
 struct Rng(u64);
@@ -58,18 +58,7 @@ fn mutate(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
 }
 
 fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_noregret"))
-        .args(["--threads", "1"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run noregret");
-    let mut input = child.stdin.take().unwrap();
-    let _ = input.write_all(stdin);
-    drop(input);
-    child.wait_with_output().unwrap()
+    common::noregret_with(args, &[], stdin)
 }
 
 /// Success, or exit 1 with exactly one `error:` line; anything else fails the test with the case.

@@ -1,20 +1,14 @@
 //! `noregret sweep` and `noregret report` on a tiny grid.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn noregret(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_noregret"));
-    cmd.args(["--threads", "2"]).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run noregret")
-}
+use std::path::{Path, PathBuf};
+
+use common::noregret;
+
 
 fn setup(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    policies::init::write_random_checkpoint(&model, &policies::init::preset("tiny").unwrap(), 1, 0.05).unwrap();
+    let model = common::tiny_model(dir);
     let base = format!(
         "[model]\npath = \"{}\"\n[env.problems]\nsource = \"arith\"\nlevel = \"add2\"\ntest_size = 20\n\
          [[reward]]\nkind = \"length_penalty\"\ntarget_chars = 1\nmax_chars = 6\n[[reward]]\nkind = \"math\"\n\

@@ -2,41 +2,16 @@
 //! directories, resume after a crash (bit-identical at max_staleness 0), torn checkpoints,
 //! config errors, the sampler/learner agreement, full fine-tuning.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{error_line, noregret, ok, tiny_model};
 use serde_json::Value;
 
-fn noregret(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_noregret"));
-    cmd.args(["--threads", "2"]).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run noregret")
-}
 
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "failed: {stderr}");
-    stderr
-}
 
-fn error_line(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure: {stderr}");
-    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "want one error line: {stderr}");
-    lines[0].to_string()
-}
 
-fn tiny_model(dir: &Path) -> PathBuf {
-    let path = dir.join("model");
-    let shape = policies::init::preset("tiny").unwrap();
-    policies::init::write_random_checkpoint(&path, &shape, 1, 0.05).unwrap();
-    path
-}
 
 /// A small RL experiment. The length penalty gives a random model rewards that differ within a
 /// group, so every step really changes the adapter.

@@ -6,13 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use policies::{Model, TextTokenizer};
-
 use crate::control::{panic_message, Control};
-use crate::sampler::{Sampler, SamplerConfig, SamplerStats, WorkSource};
+use crate::sampler::{Sampler, SamplerConfig, SamplerStats, Shared};
 use crate::scorer::ScorerPool;
 use crate::transport::Transport;
-use crate::versions::VersionSlot;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -47,27 +44,16 @@ pub struct Engine {
 
 impl Engine {
     /// Start `config.samplers` sampler threads (named `{name}-{i}`) and the reward pool.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        config: EngineConfig,
-        name: &str,
-        model: Arc<Model>,
-        tokenizer: Arc<TextTokenizer>,
-        versions: Arc<VersionSlot>,
-        work: Arc<dyn WorkSource>,
-        transport: Arc<dyn Transport>,
-        control: Arc<Control>,
-    ) -> Engine {
+    pub fn start(config: EngineConfig, name: &str, shared: Shared) -> Engine {
+        let control = shared.control.clone();
+        let transport = shared.transport.clone();
         let scorer = ScorerPool::start(config.reward_workers, control.clone());
         let mut samplers = Vec::new();
         let mut stats = Vec::new();
         for id in 0..config.samplers.max(1) {
             let stat = Arc::new(SamplerStats::default());
             stats.push(stat.clone());
-            let sampler = Sampler::new(
-                id, format!("{name}-{id}"), model.clone(), tokenizer.clone(), versions.clone(), work.clone(),
-                transport.clone(), scorer.submitter(), control.clone(), config.sampler.clone(), stat,
-            );
+            let sampler = Sampler::new(id, format!("{name}-{id}"), shared.clone(), scorer.submitter(), config.sampler.clone(), stat);
             let control = control.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sampler-{id}"))

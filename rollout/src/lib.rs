@@ -23,7 +23,7 @@ pub mod work;
 pub use control::Control;
 pub use engine::{Engine, EngineConfig, Totals};
 pub use error::{Error, Result};
-pub use sampler::{stream_of, SamplerConfig, WorkSource};
+pub use sampler::{stream_of, SamplerConfig, Shared, WorkSource};
 pub use trajectory::{Episode, TrajectoryGroup};
 pub use transport::{Delivery, DeliveryTag, InProcess, Transport, TransportError};
 pub use versions::{Snapshot, VersionSlot};

@@ -115,16 +115,25 @@ struct GroupInFlight {
     remaining: usize,
 }
 
+/// What every sampler of an engine shares: the base model and tokenizer, where adapter versions
+/// come from, where work comes from and finished groups go, and the stop flag.
+#[derive(Clone)]
+pub struct Shared {
+    pub model: Arc<Model>,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub versions: Arc<VersionSlot>,
+    pub work: Arc<dyn WorkSource>,
+    pub transport: Arc<dyn Transport>,
+    pub control: Arc<Control>,
+}
+
 pub struct Sampler {
     pub id: usize,
     name: String,
+    shared: Shared,
+    /// The model sampled with: the shared base, or a fully fine-tuned version's.
     model: Arc<Model>,
-    tokenizer: Arc<TextTokenizer>,
-    versions: Arc<VersionSlot>,
-    work: Arc<dyn WorkSource>,
-    transport: Arc<dyn Transport>,
     scorer: Sender<StepJob>,
-    control: Arc<Control>,
     config: SamplerConfig,
     stats: Arc<SamplerStats>,
     snapshot: Arc<Snapshot>,
@@ -146,26 +155,14 @@ pub struct Sampler {
 /// How long an idle sampler waits before looking again (stop flag, versions, results).
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
-#[allow(clippy::too_many_arguments)]
 impl Sampler {
-    pub fn new(
-        id: usize,
-        name: String,
-        model: Arc<Model>,
-        tokenizer: Arc<TextTokenizer>,
-        versions: Arc<VersionSlot>,
-        work: Arc<dyn WorkSource>,
-        transport: Arc<dyn Transport>,
-        scorer: Sender<StepJob>,
-        control: Arc<Control>,
-        config: SamplerConfig,
-        stats: Arc<SamplerStats>,
-    ) -> Sampler {
+    pub fn new(id: usize, name: String, shared: Shared, scorer: Sender<StepJob>, config: SamplerConfig, stats: Arc<SamplerStats>) -> Sampler {
         let (results_tx, results) = unbounded();
+        let model = shared.model.clone();
         let cache = model.new_cache(0, 1);
         let snapshot = Arc::new(Snapshot::new(u64::MAX, None)); // replaced by the first swap
         Sampler {
-            id, name, model, tokenizer, versions, work, transport, scorer, control, config, stats, snapshot,
+            id, name, shared, model, scorer, config, stats, snapshot,
             packer: None, lora: None, swapped_at: None, cache, rows: Vec::new(), groups: HashMap::new(), held: None,
             results_tx, results, outstanding: 0,
         }
@@ -177,9 +174,9 @@ impl Sampler {
         let _no_grad = tch::no_grad_guard();
         self.config.sampling.validate()?;
         self.swap()?;
-        while !self.control.stopped() {
+        while !self.shared.control.stopped() {
             self.collect_results(self.config.deterministic)?;
-            if self.versions.version() != self.snapshot.version {
+            if self.shared.versions.version() != self.snapshot.version {
                 self.swap()?;
             }
             let admitted = self.admit()?;
@@ -195,7 +192,7 @@ impl Sampler {
                     Err(RecvTimeoutError::Disconnected) => return Err(Error::msg("the reward pool is gone")),
                 }
             } else {
-                self.versions.wait_newer(self.snapshot.version, IDLE_WAIT);
+                self.shared.versions.wait_newer(self.snapshot.version, IDLE_WAIT);
             }
         }
         Ok(())
@@ -203,7 +200,7 @@ impl Sampler {
 
     /// Take the newest version: re-pack its adapter (a few tensor ops), keep the base weights.
     fn swap(&mut self) -> Result<()> {
-        let snapshot = self.versions.latest();
+        let snapshot = self.shared.versions.latest();
         if let Some(model) = &snapshot.model {
             self.model = model.clone();
         }
@@ -265,7 +262,7 @@ impl Sampler {
             let next = if wait && self.outstanding > 0 {
                 match self.results.recv_timeout(IDLE_WAIT) {
                     Ok(done) => Some(done),
-                    Err(RecvTimeoutError::Timeout) if self.control.stopped() => return Ok(()),
+                    Err(RecvTimeoutError::Timeout) if self.shared.control.stopped() => return Ok(()),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Err(Error::msg("the reward pool is gone")),
                 }
@@ -290,7 +287,7 @@ impl Sampler {
         run.waiting = false;
         match done.step {
             Step::Continue { observation } => {
-                let observed = self.tokenizer.encode(&observation, false)?;
+                let observed = self.shared.tokenizer.encode(&observation, false)?;
                 // The observation, then at least one more token, must fit.
                 if run.tokens.len() + observed.len() + 1 > self.config.max_episode_tokens {
                     run.finish = FinishReason::Length;
@@ -309,7 +306,7 @@ impl Sampler {
             Step::Done { reward, metrics } => {
                 let run = self.rows[row].take().expect("row found above");
                 self.cache.clear_rows(&[row]);
-                let completion = self.tokenizer.decode(&run.tokens[run.prompt_len..])?;
+                let completion = self.shared.tokenizer.decode(&run.tokens[run.prompt_len..])?;
                 let (group_id, index) = run.key;
                 let episode = Episode {
                     prompt_len: run.prompt_len,
@@ -346,10 +343,10 @@ impl Sampler {
 
     fn send(&mut self, group: TrajectoryGroup) -> Result<()> {
         SamplerStats::add(if group.skipped.is_some() { &self.stats.skipped_groups } else { &self.stats.groups }, 1);
-        match self.transport.send(group) {
+        match self.shared.transport.send(group) {
             Ok(()) => Ok(()),
             // Closed because the run is stopping: nothing more to hand over.
-            Err(TransportError::Closed) if self.control.stopped() => Ok(()),
+            Err(TransportError::Closed) if self.shared.control.stopped() => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -362,10 +359,10 @@ impl Sampler {
     fn admit(&mut self) -> Result<bool> {
         let mut room = self.rows.iter().filter(|r| r.is_none()).count() + self.max_rows().saturating_sub(self.rows.len());
         let mut taken: Vec<EnvGroup> = Vec::new();
-        while !self.control.stopped() {
+        while !self.shared.control.stopped() {
             let group = match self.held.take() {
                 Some(group) => group,
-                None => match self.work.take(self.id, self.snapshot.version) {
+                None => match self.shared.work.take(self.id, self.snapshot.version) {
                     Some(group) => group,
                     None => break,
                 },
@@ -395,8 +392,7 @@ impl Sampler {
         }
         let limit = self.config.max_episode_tokens.min(self.model.max_positions() as usize);
         let mut prompts: Vec<Vec<i64>> = Vec::new();
-        // (group id, episode index, env, prompt row, stop strings)
-        let mut episodes: Vec<(u64, usize, Box<dyn envs::Env>, usize, Vec<String>)> = Vec::new();
+        let mut episodes: Vec<Staged> = Vec::new();
         for group in groups {
             let EnvGroup { id, epoch, problem, envs } = group;
             let first = envs.first().map(|e| e.initial_observation());
@@ -498,11 +494,11 @@ impl Sampler {
 
     fn encode_observation(&self, observation: &Observation) -> Result<Vec<i64>> {
         Ok(match observation {
-            Observation::Text(text) => self.tokenizer.encode(text, true)?,
+            Observation::Text(text) => self.shared.tokenizer.encode(text, true)?,
             Observation::Chat { messages, add_generation_prompt } => {
                 let messages: Vec<policies::Message> =
                     messages.iter().map(|m| policies::Message::new(m.role.as_str(), &m.content)).collect();
-                self.tokenizer.encode_chat(&messages, *add_generation_prompt)?
+                self.shared.tokenizer.encode_chat(&messages, *add_generation_prompt)?
             }
         })
     }
@@ -540,7 +536,7 @@ impl Sampler {
     /// Up to `micro_turn_tokens` tokens for every generating row.
     fn micro_turn(&mut self) -> Result<()> {
         for _ in 0..self.config.micro_turn_tokens.max(1) {
-            if self.control.stopped() || !self.rows.iter().flatten().any(|r| !r.waiting) {
+            if self.shared.control.stopped() || !self.rows.iter().flatten().any(|r| !r.waiting) {
                 break;
             }
             self.decode_step()?;
@@ -627,10 +623,10 @@ impl Sampler {
         let last = *run.tokens.last().expect("a sampled token");
         let turn_len = run.tokens.len() - run.turn_start;
         let mut text_end = run.tokens.len();
-        let finish = if !params.ignore_eos && self.tokenizer.eos_ids.contains(&last) {
+        let finish = if !params.ignore_eos && self.shared.tokenizer.eos_ids.contains(&last) {
             text_end -= 1;
             Some(FinishReason::Eos)
-        } else if !run.stop.is_empty() && stop_in_tail(&self.tokenizer, &run.tokens[run.turn_start..], &run.stop)? {
+        } else if !run.stop.is_empty() && stop_in_tail(&self.shared.tokenizer, &run.tokens[run.turn_start..], &run.stop)? {
             Some(FinishReason::Stop)
         } else if turn_len as i64 >= params.max_new_tokens || run.tokens.len() >= self.config.max_episode_tokens {
             Some(FinishReason::Length)
@@ -639,7 +635,7 @@ impl Sampler {
         };
         let Some(finish) = finish else { return Ok(()) };
         run.finish = finish;
-        let mut text = self.tokenizer.decode(&run.tokens[run.turn_start..text_end])?;
+        let mut text = self.shared.tokenizer.decode(&run.tokens[run.turn_start..text_end])?;
         if finish == FinishReason::Stop {
             // The env gets the turn up to and including the first stop string.
             if let Some(end) = run.stop.iter().filter_map(|s| text.find(s.as_str()).map(|i| i + s.len())).min() {
@@ -659,6 +655,10 @@ impl Sampler {
         Ok(())
     }
 }
+
+/// An episode about to start: (group id, index in the group, env, its prompt's prefill row,
+/// stop strings).
+type Staged = (u64, usize, Box<dyn envs::Env>, usize, Vec<String>);
 
 /// The random stream of episode `index` of group `group`: the same whatever sampler plays it.
 pub fn stream_of(group: u64, index: usize) -> u64 {

@@ -9,7 +9,10 @@ use common::*;
 use envs::{Env, EnvFactory, Observation, Problem, Step};
 use tch::{Device, Kind, Tensor};
 
-fn summary(groups: &[rollout::TrajectoryGroup]) -> Vec<(u64, Vec<i64>, Vec<u32>, Vec<u64>, f64)> {
+/// Per episode: group id, tokens, log-prob bits, versions, reward.
+type Summary = Vec<(u64, Vec<i64>, Vec<u32>, Vec<u64>, f64)>;
+
+fn summary(groups: &[rollout::TrajectoryGroup]) -> Summary {
     groups
         .iter()
         .flat_map(|g| {
@@ -200,7 +203,8 @@ fn a_full_queue_holds_samplers_back_and_stopping_does_not_hang() {
     let transport: Arc<dyn rollout::Transport> = Arc::new(rollout::InProcess::new(2));
     let control = Arc::new(rollout::Control::new());
     let config = rollout::EngineConfig { samplers: 2, sampler: sampler_config(4, 4, 4, false), reward_workers: 1 };
-    let engine = rollout::Engine::start(config, "t", model, tokenizer, versions, work, transport.clone(), control);
+    let shared = rollout::Shared { model, tokenizer, versions, work, transport: transport.clone(), control };
+    let engine = rollout::Engine::start(config, "t", shared);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(transport.queued(), 2, "the queue holds what fits, no more");
     let made = engine.totals().groups;

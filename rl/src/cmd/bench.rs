@@ -219,7 +219,7 @@ fn train_step(args: TrainStepBench) -> Result<()> {
 }
 
 fn rl_step(args: RlStepBench, threads: Option<i32>) -> Result<()> {
-    anyhow::ensure!(args.group >= 1 && args.batch % args.group == 0, "--batch must be a multiple of --group");
+    anyhow::ensure!(args.group >= 1 && args.batch.is_multiple_of(args.group), "--batch must be a multiple of --group");
     let dir = tempfile_dir()?;
     let text = format!(
         "[model]\npath = {model:?}\n[adapter]\nrank = 2\nalpha = 32\n[env.problems]\nsource = \"arith\"\nlevel = \"add3\"\ntest_size = 8\n\

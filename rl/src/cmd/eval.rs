@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use policies::SamplingParams;
 use rollout::Snapshot;
 
 use crate::eval::{evaluate, EvalSpec};
@@ -51,20 +50,11 @@ pub fn run(args: EvalArgs, threads: Option<i32>) -> Result<()> {
     let source = exp.env.build(reward).map_err(|e| anyhow!("[env]: {e}"))?;
     let cores = crate::plan::ThreadPlan::cores(threads);
     policies::threads::set_thread_budget(cores);
-    let r = &exp.rollout;
     let spec = EvalSpec {
         problems: args.problems.or(exp.eval.problems),
         samples: args.samples.unwrap_or(exp.eval.samples),
-        sampling: SamplingParams {
-            temperature: r.temperature,
-            top_p: r.top_p,
-            top_k: r.top_k,
-            max_new_tokens: r.max_new_tokens,
-            stop: Vec::new(),
-            ignore_eos: false,
-            seed: exp.run.seed,
-        },
-        max_episode_tokens: r.max_episode_tokens,
+        sampling: exp.sampling(),
+        max_episode_tokens: exp.rollout.max_episode_tokens,
         threads: cores,
         slots: 256,
     };

@@ -10,8 +10,9 @@ use crate::experiment::Experiment;
 use crate::run_dir::CONFIG;
 use crate::train::INTERRUPTED;
 
+/// What `train` and `sft` take: an experiment file (or a run to resume) and overrides.
 #[derive(Args)]
-pub struct TrainArgs {
+pub struct RunArgs {
     /// The experiment (TOML). Not needed with --resume.
     pub config: Option<PathBuf>,
     /// Override a config key, e.g. --set rl.lr=2e-4 --set adapter.rank=1 (repeatable).
@@ -25,8 +26,24 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
 }
 
-pub fn run(args: TrainArgs, threads: Option<i32>) -> Result<()> {
-    let exp = load(&args)?;
+impl RunArgs {
+    /// The experiment file to read (the run's own config.toml when resuming) and, when
+    /// resuming, the run directory to keep.
+    pub fn source(&self, command: &str) -> Result<(PathBuf, Option<PathBuf>)> {
+        match (&self.config, &self.resume) {
+            (_, Some(dir)) => Ok((dir.join(CONFIG), Some(crate::experiment::absolute(dir)))),
+            (Some(path), None) => Ok((path.clone(), None)),
+            (None, None) => bail!("give an experiment file (noregret {command} CONFIG) or --resume RUN_DIR"),
+        }
+    }
+}
+
+pub fn run(args: RunArgs, threads: Option<i32>) -> Result<()> {
+    let (path, resume) = args.source("train")?;
+    let mut exp = Experiment::load(&path, &args.set)?;
+    if resume.is_some() {
+        exp.run.out = resume;
+    }
     if args.dry_run {
         print!("{}", crate::config::to_toml(&exp)?);
         return Ok(());
@@ -36,18 +53,6 @@ pub fn run(args: TrainArgs, threads: Option<i32>) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
     eprintln!("run: {}", outcome.run_dir.display());
     Ok(())
-}
-
-fn load(args: &TrainArgs) -> Result<Experiment> {
-    match (&args.config, &args.resume) {
-        (_, Some(dir)) => {
-            let mut exp = Experiment::load(&dir.join(CONFIG), &args.set)?;
-            exp.run.out = Some(crate::experiment::absolute(dir));
-            Ok(exp)
-        }
-        (Some(path), None) => Experiment::load(path, &args.set),
-        (None, None) => bail!("give an experiment file (noregret train CONFIG) or --resume RUN_DIR"),
-    }
 }
 
 /// First Ctrl-C: stop at the next group, checkpoint, exit. Second: exit at once.

@@ -25,7 +25,8 @@ use crate::optim::{scheduled_lr, AdamW, AdamWConfig};
 use data::Sequence;
 use loss::PolicyLoss;
 
-/// What the learner trains.
+/// What the learner trains (one per run, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Trainable {
     /// An adapter on a shared, frozen base model.
     Lora { model: Arc<Model>, adapter: Adapter, packer: LoraPacker },
@@ -166,7 +167,7 @@ impl Learner {
                 let weight = loss::stale_weight(&r.prox, &inputs.behaviour, self.rl.is_cap);
                 let mut total = weight.shallow_clone() * per_token;
                 if let Some(ref_logp) = &r.ref_logp {
-                    total = total + loss::kl_k3(&logp, ref_logp) * self.rl.kl_coef;
+                    total += loss::kl_k3(&logp, ref_logp) * self.rl.kl_coef;
                 }
                 let batch_loss = (total * &inputs.weights).sum(Kind::Float);
                 loss_total += batch_loss.double_value(&[]);

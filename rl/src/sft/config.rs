@@ -281,7 +281,7 @@ impl SftExperiment {
             bail!("[data] test_fraction must be in [0, 1)");
         }
         let s = &self.sft;
-        if s.batch_size == 0 || s.steps == 0 || !(s.lr > 0.0) || s.micro_batch_tokens == 0 {
+        if s.batch_size == 0 || s.steps == 0 || s.lr.is_nan() || s.lr <= 0.0 || s.micro_batch_tokens == 0 {
             bail!("[sft]: steps, batch_size, lr and micro_batch_tokens must be positive");
         }
         Ok(())

@@ -121,6 +121,7 @@ pub struct Run {
     pub failure: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 /// A stand-in learner: collect `batches` batches of `per_batch` groups, publishing version
 /// b + 1 (a new adapter) after batch b, as `noregret train` does after each optimiser step.
 pub fn run_engine(
@@ -144,7 +145,8 @@ pub fn run_engine(
     let transport: Arc<dyn Transport> = Arc::new(InProcess::new(4));
     let control = Arc::new(Control::new());
     let config = EngineConfig { samplers, sampler, reward_workers: 2 };
-    let engine = Engine::start(config, "test", model.clone(), tokenizer, versions.clone(), work, transport.clone(), control);
+    let shared = rollout::Shared { model: model.clone(), tokenizer, versions: versions.clone(), work, transport: transport.clone(), control };
+    let engine = Engine::start(config, "test", shared);
     // Either a new version after each batch (as the trainer does), or on a clock.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = publish_every.map(|every| {
