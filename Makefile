@@ -46,5 +46,9 @@ train: build
 	rm -rf runs/arith
 	$(BIN) train configs/arith.toml
 
+# The benchmarks' extra peer: TRL's GRPOTrainer (not needed by the tests).
+BENCH_PEERS := trl==1.16.0
+
 bench: build reference
+	$(PIP) install --quiet --disable-pip-version-check $(BENCH_PEERS)
 	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/run_bench.py

@@ -1,6 +1,6 @@
 """noregret's benchmarks, each beside its Python peer in the same run, as one Markdown report.
 
-  python bench/run_bench.py [--only generate,lora,train,floor] [--workdir DIR] [--threads 2]
+  python bench/run_bench.py [--only generate,lora,train,floor,rollout,rlstep] [--workdir DIR] [--threads 2]
 
 Needs the release binary (NOREGRET_BIN, default target/release/noregret) and the venv with torch,
 transformers and peft. Models are made locally (bench/make_model.py); nothing is downloaded.
@@ -72,7 +72,7 @@ def share(row, gflops_per_tok_per_s):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="generate,lora,train,floor")
+    ap.add_argument("--only", default="generate,lora,train,floor,rollout,rlstep")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "bench"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
@@ -141,6 +141,32 @@ def main():
             if r["bench"] == "gemm_floor":
                 print(f"| {r['workload']} | {r['rows']} | {r['gflops']:.0f} | {r['pct_of_ceiling']:.0f}% |")
         rows += floor
+        print()
+
+    if "rollout" in parts:
+        print("### Rollout engine: a new adapter version every micro-turn (small preset, batch 16, prompt 32, 64 new tokens)\n")
+        print("| samplers | engine tok/s, cache kept | engine, cache recomputed | engine, one version | generate, one version | overhead (kept / recomputed) | swap latency (mean / max) | peak RSS samplers (MiB) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for samplers in ("1", "4"):
+            (r,) = ours(th, "rollout", "--model", models["small"], "--runs", runs, "--samplers", samplers)
+            print(f"| {samplers} | {r['tok_per_s_new_version_every_micro_turn']:.0f} | {r['tok_per_s_new_version_every_micro_turn_recompute']:.0f} | "
+                  f"{r['tok_per_s_fixed_version']:.0f} | {r['tok_per_s_generate']:.0f} | "
+                  f"{100 * r['overhead_vs_generate']:.1f}% / {100 * r['overhead_vs_generate_recompute']:.0f}% | "
+                  f"{r['swap_latency_ms']:.1f} / {r['swap_latency_max_ms']:.1f} ms | {r['peak_rss_mib_samplers']:.0f} |")
+            rows.append(r)
+        print()
+
+    if "rlstep" in parts:
+        print("### One RL step: 16 completions (2 prompts x 8), up to 64 new tokens, rank-2 LoRA, against TRL's GRPOTrainer\n")
+        print("| model | noregret s/step (s=0) | noregret s/step (s=1) | TRL s/step | ratio (s=0) | noregret step: waiting for samples / learner |")
+        print("|---|---|---|---|---|---|")
+        for preset in ("tiny", "small"):
+            (a,) = ours(th, "rl-step", "--model", models[preset], "--steps", "8")
+            (b,) = ours(th, "rl-step", "--model", models[preset], "--steps", "8", "--max-staleness", "1")
+            (c,) = peer(th, "grpo", "--model", models[preset], "--steps", "6")
+            print(f"| {preset} | {a['s_per_step']:.3f} | {b['s_per_step']:.3f} | {c['s_per_step']:.3f} | {c['s_per_step'] / a['s_per_step']:.2f}x | "
+                  f"{a['wait_s']:.3f} / {a['learner_s']:.3f} s |")
+            rows += [a, b, c]
         print()
 
     ceilings = [c for r in rows for c in r.get("rounds_ceiling", [])]

@@ -624,3 +624,55 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(versions: &[u64], skipped: bool) -> TrajectoryGroup {
+        let episode = rollout::Episode {
+            tokens: vec![1; 2 + versions.len()],
+            prompt_len: 2,
+            action: vec![true; versions.len()],
+            logprobs: vec![0.0; versions.len()],
+            versions: versions.to_vec(),
+            reward: 0.0,
+            metrics: Default::default(),
+            finish_reason: policies::FinishReason::Eos,
+            turns: 1,
+            completion: String::new(),
+        };
+        TrajectoryGroup {
+            id: 0,
+            epoch: 0,
+            problem: envs::Problem { id: "p".into(), question: "q".into(), answer: "a".into() },
+            prompt: String::new(),
+            episodes: if skipped { Vec::new() } else { vec![episode] },
+            sampler: "s".into(),
+            skipped: skipped.then(|| "too long".to_string()),
+        }
+    }
+
+    #[test]
+    fn groups_are_checked_against_the_learners_version() {
+        // Learner at version 5, lag budget 2: versions 3..=5 are fine.
+        assert_eq!(admit(&group(&[3, 4, 5], false), 5, 2), Admission::Train);
+        assert_eq!(admit(&group(&[2, 5], false), 5, 2), Admission::Stale);
+        // A token claiming version 6 was not sampled with anything the learner published.
+        assert_eq!(admit(&group(&[5, 6], false), 5, 2), Admission::Refused);
+        assert_eq!(admit(&group(&[], true), 5, 2), Admission::Skipped);
+        // Synchronous: only the current version.
+        assert_eq!(admit(&group(&[4], false), 5, 0), Admission::Stale);
+    }
+
+    #[test]
+    fn consumed_groups_advance_a_low_watermark() {
+        let mut c = Consumed::default();
+        for id in [1, 3, 0] {
+            c.add(id);
+        }
+        assert_eq!((c.low, c.above.iter().copied().collect::<Vec<_>>()), (2, vec![3]));
+        c.add(2);
+        assert_eq!((c.low, c.above.len()), (4, 0));
+    }
+}

@@ -239,3 +239,37 @@ fn sft_lowers_held_out_loss_for_low_and_high_rank_and_full() {
     }
     assert!(std::fs::read(model.join("model.safetensors")).unwrap() == before, "the base model changed");
 }
+
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let exp = experiment(tmp.path(), &model, "");
+    let run = tmp.path().join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_noregret"))
+        .args(["--threads", "2", "train", exp.to_str().unwrap(), "--set", "rl.steps=100000", "--set", "run.checkpoint_every=1000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few steps, then Ctrl-C.
+    let started = std::time::Instant::now();
+    while lines_if_any(&run.join("metrics.jsonl")) < 4 {
+        assert!(started.elapsed().as_secs() < 60, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sent = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(sent.elapsed().as_secs() < 10, "stopping took {:?}", sent.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted at step") && !stderr.contains("panicked"), "{stderr}");
+    // The step it stopped at is checkpointed; resuming it finishes cleanly.
+    let stopped = lines(&run.join("metrics.jsonl")).iter().filter_map(|l| l["step"].as_u64()).max().unwrap();
+    let resumed = ok(&noregret(&["train", "--resume", run.to_str().unwrap(), "--set", &format!("rl.steps={}", stopped + 2)], &[]));
+    assert!(resumed.contains(&format!("(step {stopped})")), "{resumed}");
+}
+
+fn lines_if_any(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
