@@ -20,7 +20,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 BIN := target/release/noregret
 CARGO_BUILD := cargo build --release
 
-.PHONY: build test train bench venv reference clean-models
+.PHONY: build test train bench venv reference base-model gpu-check
 
 venv: $(VENV)/.torch
 $(VENV)/.torch:
@@ -45,6 +45,12 @@ test: build reference
 train: build
 	rm -rf runs/arith
 	$(BIN) train configs/arith.toml
+
+# Re-make the default experiment's base model from random weights (it is in the repo already).
+base-model: build
+	rm -rf runs/arith-base
+	$(BIN) sft configs/arith-base.toml
+	rm -rf models/arith-base && cp -r runs/arith-base/model models/arith-base
 
 # The benchmarks' extra peer: TRL's GRPOTrainer (not needed by the tests).
 BENCH_PEERS := trl==1.16.0
