@@ -20,7 +20,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 BIN := target/release/noregret
 CARGO_BUILD := cargo build --release
 
-.PHONY: build test train bench venv reference clean-models
+.PHONY: build test train bench gpu-check venv reference clean-models
 
 venv: $(VENV)/.torch
 $(VENV)/.torch:
@@ -48,3 +48,9 @@ train: build
 
 bench: build reference
 	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/run_bench.py
+
+# On a machine where torch sees CUDA: the parity tests (test_parity.py, test_lora.py) with noregret
+# and the reference models on the GPU, and a 20-step run of the default experiment there; prints one
+# JSON line of results (exit 1 if something failed). Without CUDA it says so and exits 0.
+gpu-check: build reference
+	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/gpu_check.py
