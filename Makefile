@@ -58,3 +58,9 @@ BENCH_PEERS := trl==1.16.0
 bench: build reference
 	$(PIP) install --quiet --disable-pip-version-check $(BENCH_PEERS)
 	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/run_bench.py
+
+# On a machine where torch sees CUDA: the parity tests (test_parity.py, test_lora.py) with noregret
+# and the reference models on the GPU, and a 20-step run of the default experiment there; prints one
+# JSON line of results (exit 1 if something failed). Without CUDA it says so and exits 0.
+gpu-check: build reference
+	NOREGRET_BIN=$(abspath $(BIN)) $(PY) bench/gpu_check.py

@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from checkpoints import SPECS, make_checkpoint
@@ -10,10 +11,21 @@ from checkpoints import SPECS, make_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("NOREGRET_BIN", os.path.join(ROOT, "target", "release", "noregret"))
 
+# Where the parity tests run noregret and the reference models: `cpu` (default), `cuda` or
+# `cuda:N` (`make gpu-check` sets NOREGRET_TEST_DEVICE=cuda). On the GPU the log-prob tolerance is
+# looser: cuBLAS and SDPA sum float32 products in other orders than the CPU kernels do.
+DEVICE = os.environ.get("NOREGRET_TEST_DEVICE", "cpu")
+if DEVICE != "cpu" and not (DEVICE.startswith("cuda") and torch.cuda.is_available()):
+    raise RuntimeError(f"NOREGRET_TEST_DEVICE={DEVICE!r}, but torch sees no such device")
+TOL = 1e-4 if DEVICE == "cpu" else 1e-3
+# Flags for the noregret commands that load a model to run it.
+DEVICE_ARGS = [] if DEVICE == "cpu" else ["--device", DEVICE]
 
-def noregret(*args, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+
+def noregret(*args, stdin: str = "", check: bool = True, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     """Run the CLI; return the completed process (stdout/stderr as text)."""
-    proc = subprocess.run([BIN, "--threads", "2", *args], input=stdin, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([BIN, "--threads", "2", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"noregret {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
@@ -33,6 +45,7 @@ def json_lines(text: str):
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    """name -> (directory, transformers model), made once per test session."""
+    """name -> (directory, transformers model on DEVICE), made once per test session."""
     root = tmp_path_factory.mktemp("ckpt")
-    return {name: (str(root / name), make_checkpoint(str(root / name), name, seed=i)) for i, name in enumerate(SPECS)}
+    return {name: (str(root / name), make_checkpoint(str(root / name), name, seed=i).to(DEVICE))
+            for i, name in enumerate(SPECS)}

@@ -1,5 +1,6 @@
 """LoRA adapters against peft: adapters made by peft load here, adapters made here load in peft,
-and a merged export loads in transformers, all to 1e-4 in log-probs."""
+and a merged export loads in transformers, all to 1e-4 in log-probs (on NOREGRET_TEST_DEVICE, the CPU by
+default; see conftest for the GPU tolerance)."""
 import json
 import os
 
@@ -8,9 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from conftest import json_lines, noregret, reference_tokenizer
-
-TOL = 1e-4
+from conftest import DEVICE, DEVICE_ARGS, TOL, json_lines, noregret, reference_tokenizer
 
 
 def sequences(vocab, seed=3):
@@ -19,7 +18,7 @@ def sequences(vocab, seed=3):
 
 
 def ours(path, seqs, adapter=None):
-    args = ["logprobs", "--model", path] + (["--adapter", adapter] if adapter else [])
+    args = ["logprobs", "--model", path, *DEVICE_ARGS] + (["--adapter", adapter] if adapter else [])
     out = json_lines(noregret(*args, stdin="".join(json.dumps({"tokens": s}) + "\n" for s in seqs)).stdout)
     return [torch.tensor(o["logprobs"]) for o in out]
 
@@ -28,9 +27,9 @@ def reference(model, seqs):
     out = []
     with torch.no_grad():
         for s in seqs:
-            ids = torch.tensor([s])
+            ids = torch.tensor([s], device=model.device)
             logp = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1]
-            out.append(logp.gather(1, ids[0, 1:, None])[:, 0])
+            out.append(logp.gather(1, ids[0, 1:, None])[:, 0].cpu())
     return out
 
 
@@ -39,7 +38,7 @@ def max_err(a, b):
 
 
 def fresh_base(path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEVICE).eval()
 
 
 def peft_adapter(path, targets, rank, seed, out):
@@ -80,12 +79,12 @@ def test_greedy_sample_with_adapter_matches_peft_generate(checkpoints, tmp_path,
     tok = reference_tokenizer(path)
     changed = False
     for prompt in ["12+35=", "the answer is", "x"]:
-        ids = tok(prompt, return_tensors="pt").input_ids
+        ids = tok(prompt, return_tensors="pt").input_ids.to(DEVICE)
         with torch.no_grad():
             ref = model.generate(input_ids=ids, do_sample=False, max_new_tokens=16)[0, ids.shape[1]:].tolist()
             plain = base.generate(input_ids=ids, do_sample=False, max_new_tokens=16)[0, ids.shape[1]:].tolist()
         changed |= ref != plain
-        out = json_lines(noregret("sample", "--model", path, "--adapter", adapter_dir, "--prompt", prompt,
+        out = json_lines(noregret("sample", "--model", path, *DEVICE_ARGS, "--adapter", adapter_dir, "--prompt", prompt,
                                   "--temperature", "0", "--max-new-tokens", "16").stdout)
         assert out[0]["tokens"] == ref, f"{name} {prompt!r}: {out[0]['tokens']} != {ref}"
     assert changed, "the adapter must change some greedy continuation"

@@ -1,22 +1,21 @@
-"""`noregret logprobs` and greedy `noregret sample` against transformers on the same checkpoints."""
+"""`noregret logprobs` and greedy `noregret sample` against transformers on the same checkpoints
+(on NOREGRET_TEST_DEVICE, the CPU by default; see conftest)."""
 import json
 
 import pytest
 import torch
 
 from checkpoints import SPECS
-from conftest import json_lines, noregret, reference_tokenizer
-
-TOL = 1e-4
+from conftest import DEVICE_ARGS, TOL, json_lines, noregret, reference_tokenizer
 
 
 def hf_logprobs(model, seqs):
     out = []
     with torch.no_grad():
         for s in seqs:
-            ids = torch.tensor([s])
+            ids = torch.tensor([s], device=model.device)
             logp = model(ids).logits.float().log_softmax(-1)[0, :-1]
-            out.append(logp.gather(1, ids[0, 1:, None])[:, 0])
+            out.append(logp.gather(1, ids[0, 1:, None])[:, 0].cpu())
     return out
 
 
@@ -26,7 +25,7 @@ def test_logprobs_match_transformers(checkpoints, name):
     g = torch.Generator().manual_seed(7)
     vocab = model.config.vocab_size
     seqs = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (96, 2, 64, 17)]
-    proc = noregret("logprobs", "--model", path, stdin="".join(json.dumps({"tokens": s}) + "\n" for s in seqs))
+    proc = noregret("logprobs", "--model", path, *DEVICE_ARGS, stdin="".join(json.dumps({"tokens": s}) + "\n" for s in seqs))
     ours = json_lines(proc.stdout)
     assert len(ours) == len(seqs)
     for s, mine, ref in zip(seqs, ours, hf_logprobs(model, seqs)):
@@ -42,10 +41,10 @@ def test_greedy_sample_matches_generate(checkpoints, name):
     path, model = checkpoints[name]
     tok = reference_tokenizer(path)
     for prompt in ["12+35=", "the answer is", "x"]:
-        ids = tok(prompt, return_tensors="pt").input_ids
+        ids = tok(prompt, return_tensors="pt").input_ids.to(model.device)
         with torch.no_grad():
             ref = model.generate(ids, do_sample=False, max_new_tokens=24)[0, ids.shape[1]:].tolist()
-        out = json_lines(noregret("sample", "--model", path, "--prompt", prompt, "--temperature", "0",
+        out = json_lines(noregret("sample", "--model", path, *DEVICE_ARGS, "--prompt", prompt, "--temperature", "0",
                                   "--max-new-tokens", "24").stdout)
         assert len(out) == 1
         assert out[0]["tokens"] == ref, f"{name} {prompt!r}: {out[0]['tokens']} != {ref}"
@@ -60,7 +59,7 @@ def test_sampled_logprobs_are_model_logprobs(checkpoints, name):
     tok = reference_tokenizer(path)
     prompt = "12+35="
     ids = tok(prompt).input_ids
-    samples = json_lines(noregret("sample", "--model", path, "--prompt", prompt, "-n", "6", "--seed", "3",
+    samples = json_lines(noregret("sample", "--model", path, *DEVICE_ARGS, "--prompt", prompt, "-n", "6", "--seed", "3",
                                   "--max-new-tokens", "40").stdout)
     assert len({tuple(s["tokens"]) for s in samples}) > 1, "different streams should give different samples"
     seqs = [ids + s["tokens"] for s in samples]
@@ -77,9 +76,9 @@ def test_chat_prompt_matches_transformers(checkpoints):
     tok = reference_tokenizer(path)
     messages = [{"role": "user", "content": " 2+2? "}]
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
+    ids = torch.tensor([tok(text, add_special_tokens=False).input_ids], device=model.device)
     with torch.no_grad():
         ref = model.generate(ids, do_sample=False, max_new_tokens=8)[0, ids.shape[1]:].tolist()
-    out = json_lines(noregret("sample", "--model", path, "--prompt", " 2+2? ", "--chat", "--temperature", "0",
+    out = json_lines(noregret("sample", "--model", path, *DEVICE_ARGS, "--prompt", " 2+2? ", "--chat", "--temperature", "0",
                               "--max-new-tokens", "8").stdout)[0]
     assert out["tokens"] == ref
