@@ -215,8 +215,11 @@ pub fn run(path: &Path, threads_flag: Option<i32>) -> Result<PathBuf> {
     let plan_path = out.join(PLAN);
     if let Ok(text) = std::fs::read_to_string(&plan_path) {
         let old: Plan = serde_json::from_str(&text).with_context(|| format!("{}: not a sweep plan", plan_path.display()))?;
-        if old != plan {
-            bail!("{}: holds a different sweep; use another [sweep] out or remove it", out.display());
+        // The same sweep, or the same one with more points (a grid extended): its finished
+        // runs still count. Anything else would mix two experiments in one directory.
+        let extends = old.command == plan.command && old.base == plan.base && old.set == plan.set && old.runs.iter().all(|r| plan.runs.contains(r));
+        if !extends {
+            bail!("{}: holds a different sweep (other base, settings or points); use another [sweep] out or remove it", out.display());
         }
     }
     crate::run_dir::write_atomic(&plan_path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
