@@ -94,20 +94,12 @@ impl Engine {
     }
 
     pub fn totals(&self) -> Totals {
-        let mut t = Totals::default();
-        for s in &self.stats {
-            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-            t.sampled_tokens += get(&s.sampled_tokens);
-            t.prompt_tokens += get(&s.prompt_tokens);
-            t.busy_seconds += get(&s.busy_ns) as f64 * 1e-9;
-            t.swaps += get(&s.swaps);
-            t.swap_latency_seconds += get(&s.swap_latency_ns) as f64 * 1e-9;
-            t.swap_latency_max_seconds = t.swap_latency_max_seconds.max(get(&s.swap_latency_max_ns) as f64 * 1e-9);
-            t.groups += get(&s.groups);
-            t.skipped_groups += get(&s.skipped_groups);
-            t.recomputed_tokens += get(&s.recomputed_tokens);
-        }
-        t
+        self.stats().totals()
+    }
+
+    /// A handle on the samplers' counters that outlives borrows of the engine.
+    pub fn stats(&self) -> StatsReader {
+        StatsReader(self.stats.clone())
     }
 
     /// Stop every worker and wait for them. Groups already in the transport stay there.
@@ -131,5 +123,28 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reads the samplers' counters from any thread.
+#[derive(Clone)]
+pub struct StatsReader(Vec<Arc<SamplerStats>>);
+
+impl StatsReader {
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for s in &self.0 {
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            t.sampled_tokens += get(&s.sampled_tokens);
+            t.prompt_tokens += get(&s.prompt_tokens);
+            t.busy_seconds += get(&s.busy_ns) as f64 * 1e-9;
+            t.swaps += get(&s.swaps);
+            t.swap_latency_seconds += get(&s.swap_latency_ns) as f64 * 1e-9;
+            t.swap_latency_max_seconds = t.swap_latency_max_seconds.max(get(&s.swap_latency_max_ns) as f64 * 1e-9);
+            t.groups += get(&s.groups);
+            t.skipped_groups += get(&s.skipped_groups);
+            t.recomputed_tokens += get(&s.recomputed_tokens);
+        }
+        t
     }
 }
