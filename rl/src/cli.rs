@@ -33,6 +33,8 @@ pub enum Command {
     InitModel(cmd::init_model::InitModelArgs),
     /// RL on an experiment file (TOML), into a run directory.
     Train(cmd::train::TrainArgs),
+    /// Sample for a learner on another machine (`train` with a redis:// transport).
+    Sampler(cmd::sampler::SamplerArgs),
     /// Supervised fine-tuning on an experiment file (TOML), into a run directory.
     Sft(cmd::sft::SftArgs),
     /// Held-out pass@1 (greedy) and pass@k of a model, with or without an adapter.
@@ -53,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Adapter(args) => cmd::adapter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Train(args) => cmd::train::run(args, cli.threads),
+        Command::Sampler(args) => cmd::sampler::run(args, cli.threads),
         Command::Sft(args) => cmd::sft::run(args, cli.threads),
         Command::Eval(args) => cmd::eval::run(args, cli.threads),
     }

@@ -15,6 +15,8 @@ pub mod memory;
 pub mod model_args;
 pub mod optim;
 pub mod plan;
+pub mod remote;
 pub mod run_dir;
+pub mod samplers;
 pub mod sft;
 pub mod train;
