@@ -561,6 +561,11 @@ impl Experiment {
             if self.adapter.rank.lora().is_none() {
                 bail!("[rollout] transport: remote samplers take adapters only; full fine-tuning runs its samplers in-process");
             }
+            // Trimming must only ever reach groups the learner has read.
+            let queue = r.queue.or(2 * r.groups_per_step).max(r.groups_per_step);
+            if r.redis_max_groups < 2 * queue {
+                bail!("[rollout] redis_max_groups ({}) must be at least twice the queue ({queue}), or groups not yet read could be trimmed", r.redis_max_groups);
+            }
         }
         let redis_checks: [(bool, &str); 4] = [
             (r.redis_claim_seconds.is_finite() && r.redis_claim_seconds > 0.0, "[rollout] redis_claim_seconds must be positive"),

@@ -84,8 +84,9 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
     let started = Instant::now();
     let broker = exp.rollout.transport.as_deref().map(|url| crate::remote::broker_config(&exp, url)).transpose()?;
     if let Some(b) = &broker {
-        // An unreachable server or a refused password fails before anything is written.
-        rollout::broker::Conn::open(&b.endpoint)?;
+        // An unreachable server, a refused password or another live learner under the prefix
+        // fails before anything is written.
+        rollout::broker::learner::LearnerLink::check_free(b, &exp.out_dir().display().to_string())?;
     }
     let run = if resume { RunDir::open(exp.out_dir())? } else { RunDir::create(exp.out_dir())? };
     if !resume {
@@ -330,7 +331,9 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         }
     }
     if !interrupted && outcome_error.is_none() {
-        samplers.finish()?;
+        if let Err(e) = samplers.finish() {
+            tracing::warn!("cannot tell the samplers that the run is over: {e}");
+        }
     }
     samplers.stop();
     if let Some(e) = outcome_error {

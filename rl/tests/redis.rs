@@ -238,6 +238,11 @@ fn other_base_models_settings_and_passwords_are_refused_in_one_line() {
     let mut s = start(dir, "other-settings", 1, &["sampler", exp.to_str().unwrap(), "--set", "rollout.temperature=0.5"], &[]);
     assert!(!finish(&mut s, Duration::from_secs(20), "other-settings", dir).success());
     assert!(one_error(dir, "other-settings").contains("rollout.temperature = 0.5 here, 1.0 at the learner"));
+    // A second run's learner under the same prefix: refused before it writes anything.
+    let mut second = start(dir, "second-learner", 1, &["train", mine.to_str().unwrap()], &[]);
+    assert!(!finish(&mut second, Duration::from_secs(20), "second-learner", dir).success());
+    assert!(one_error(dir, "second-learner").contains("another learner is running"));
+    assert!(!dir.join("mine").exists());
     let _ = learner.kill();
     let _ = learner.wait();
 
@@ -246,12 +251,14 @@ fn other_base_models_settings_and_passwords_are_refused_in_one_line() {
     let unreachable = write_experiment(dir, "nowhere", &model, 1, 2, &format!("transport = \"redis://127.0.0.1:{}/0\"", free_port()));
     // (name, arguments, environment, what the error says)
     type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 7] = [
         ("wrong-password", &["train", locked_exp.to_str().unwrap()], &[("NOREGRET_REDIS_PASSWORD", "wrong")], "refused the password"),
         ("no-password", &["sampler", locked_exp.to_str().unwrap()], &[], "needs a password"),
         ("unreachable", &["train", unreachable.to_str().unwrap()], &[], "cannot connect"),
         ("password-flag", &["train", locked_exp.to_str().unwrap(), "--set", "rollout.redis_password=s3cret"], &[], "not taken from the command line"),
         ("password-in-url", &["train", exp.to_str().unwrap(), "--transport", &format!("redis://:s3cret@127.0.0.1:{}/0", locked.port)], &[], "redis_password"),
+        ("small-cap", &["train", locked_exp.to_str().unwrap(), "--set", "rollout.redis_max_groups=3"], &[], "redis_max_groups (3) must be at least twice the queue"),
+        ("full-fine-tuning", &["train", locked_exp.to_str().unwrap(), "--set", "adapter.rank=full"], &[], "adapters only"),
     ];
     for (name, args, env, expected) in cases {
         let started = Instant::now();

@@ -40,20 +40,8 @@ impl LearnerLink {
     /// same prefix left; a resumed one keeps its unacknowledged groups (they are delivered
     /// again) and replaces the work stream, which its dispenser refills from the checkpoint.
     pub fn register(config: &BrokerConfig, run: &str, fingerprint: &str, contract: &str, resume: bool) -> Result<LearnerLink> {
-        let mut conn = Conn::open(&config.endpoint)?;
+        let (mut conn, previous) = Self::previous(config, run)?;
         let keys = Keys::new(&config.prefix);
-        let url = conn.url().to_string();
-        let fields: HashMap<String, String> = conn.run(|c| redis::cmd("HGETALL").arg(keys.learner()).query(c))?;
-        let previous = Registration::from_fields(&fields);
-        if let Some(p) = &previous {
-            let alive = p.state == wire::RUNNING && now_ms().saturating_sub(p.heartbeat_ms) < LEARNER_GONE_AFTER_MS;
-            if alive && p.run != run {
-                return Err(BrokerError(format!(
-                    "{url}: another learner is running under the prefix {:?} (run {}); give this run its own redis_prefix or database",
-                    config.prefix, p.run
-                )));
-            }
-        }
         let incarnation: u64 = conn.run(|c| redis::cmd("INCR").arg(keys.incarnations()).query(c))?;
         let first_incarnation = match &previous {
             Some(p) if resume && p.run == run && p.first_incarnation > 0 => p.first_incarnation,
@@ -88,6 +76,32 @@ impl LearnerLink {
             }
         }
         Ok(LearnerLink { conn: Mutex::new(conn), keys, registration })
+    }
+
+    /// Whether `run` may register: the server is reachable, takes the password, and no other
+    /// run's learner is alive under the prefix.
+    pub fn check_free(config: &BrokerConfig, run: &str) -> Result<()> {
+        Self::previous(config, run).map(|_| ())
+    }
+
+    /// A connection, and the previous learner's registration if it may be replaced.
+    fn previous(config: &BrokerConfig, run: &str) -> Result<(Conn, Option<Registration>)> {
+        let mut conn = Conn::open(&config.endpoint)?;
+        let key = Keys::new(&config.prefix).learner();
+        let fields: HashMap<String, String> = conn.run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let previous = Registration::from_fields(&fields);
+        if let Some(p) = &previous {
+            let alive = p.state == wire::RUNNING && now_ms().saturating_sub(p.heartbeat_ms) < LEARNER_GONE_AFTER_MS;
+            if alive && p.run != run {
+                return Err(BrokerError(format!(
+                    "{}: another learner is running under the prefix {:?} (run {}); give this run its own redis_prefix or database",
+                    conn.url(),
+                    config.prefix,
+                    p.run
+                )));
+            }
+        }
+        Ok((conn, previous))
     }
 
     pub fn registration(&self) -> &Registration {
