@@ -216,6 +216,31 @@ fn a_sampler_killed_mid_episode_costs_only_its_work_in_flight() {
 }
 
 #[test]
+fn a_lag_budget_holds_through_redis_as_in_process() {
+    let Some(server) = LocalServer::start(None) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = random_model(dir, 1);
+    let exp = write_experiment(dir, "run", &model, 2, 6, &format!("{}\nmax_staleness = 1", transport(&server)));
+    let cfg = exp.to_str().unwrap();
+    let mut learner = start(dir, "learner", 2, &["train", cfg], &[]);
+    let mut samplers: Vec<Child> = (0..2).map(|i| start(dir, &format!("s{i}"), 1, &["sampler", cfg], &[])).collect();
+    succeeds(&mut learner, dir, "learner");
+    for (i, s) in samplers.iter_mut().enumerate() {
+        succeeds(s, dir, &format!("s{i}"));
+    }
+    let lines = step_lines(&dir.join("run"));
+    assert_eq!(lines.len(), 6);
+    let mut seen = BTreeSet::new();
+    for l in &lines {
+        assert!(l["staleness_max"].as_u64().unwrap() <= 1, "{l}");
+        for id in l["groups"].as_array().unwrap() {
+            assert!(seen.insert(id.as_u64().unwrap()), "group {id} trained twice");
+        }
+    }
+}
+
+#[test]
 fn other_base_models_settings_and_passwords_are_refused_in_one_line() {
     let Some(server) = LocalServer::start(None) else { return };
     let Some(locked) = LocalServer::start(Some("s3cret")) else { return };
