@@ -81,6 +81,14 @@ fn write_experiment(dir: &Path, name: &str, model: &Path, samplers: usize, steps
     path
 }
 
+/// A server, a scratch directory and a tiny model in it; None where redis-server is missing.
+fn setup() -> Option<(LocalServer, tempfile::TempDir, PathBuf)> {
+    let server = LocalServer::start(None)?;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = random_model(tmp.path(), 1);
+    Some((server, tmp, model))
+}
+
 fn transport(server: &LocalServer) -> String {
     format!("transport = \"{}\"", server.url())
 }
@@ -133,10 +141,8 @@ fn held_by(con: &mut redis::Connection, name: &str) -> usize {
 
 #[test]
 fn remote_samplers_train_as_in_process_ones_and_a_killed_learner_resumes() {
-    let Some(server) = LocalServer::start(None) else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((server, tmp, model)) = setup() else { return };
     let dir = tmp.path();
-    let model = random_model(dir, 1);
     let steps = 6;
 
     // In-process, 3 sampler threads.
@@ -191,10 +197,8 @@ fn remote_samplers_train_as_in_process_ones_and_a_killed_learner_resumes() {
 
 #[test]
 fn a_sampler_killed_mid_episode_costs_only_its_work_in_flight() {
-    let Some(server) = LocalServer::start(None) else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((server, tmp, model)) = setup() else { return };
     let dir = tmp.path();
-    let model = random_model(dir, 1);
     let exp = write_experiment(dir, "run", &model, 2, 6, &transport(&server));
     let cfg = exp.to_str().unwrap();
     let mut learner = start(dir, "learner", 2, &["train", cfg], &[]);
@@ -217,10 +221,8 @@ fn a_sampler_killed_mid_episode_costs_only_its_work_in_flight() {
 
 #[test]
 fn a_lag_budget_holds_through_redis_as_in_process() {
-    let Some(server) = LocalServer::start(None) else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((server, tmp, model)) = setup() else { return };
     let dir = tmp.path();
-    let model = random_model(dir, 1);
     let exp = write_experiment(dir, "run", &model, 2, 6, &format!("{}\nmax_staleness = 1", transport(&server)));
     let cfg = exp.to_str().unwrap();
     let mut learner = start(dir, "learner", 2, &["train", cfg], &[]);
@@ -242,11 +244,9 @@ fn a_lag_budget_holds_through_redis_as_in_process() {
 
 #[test]
 fn other_base_models_settings_and_passwords_are_refused_in_one_line() {
-    let Some(server) = LocalServer::start(None) else { return };
+    let Some((server, tmp, model)) = setup() else { return };
     let Some(locked) = LocalServer::start(Some("s3cret")) else { return };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let model = random_model(dir, 1);
     let other = random_model(dir, 9);
     let exp = write_experiment(dir, "run", &model, 1, 2, &transport(&server));
     let mut learner = start(dir, "learner", 2, &["train", exp.to_str().unwrap()], &[]);
@@ -307,10 +307,8 @@ fn other_base_models_settings_and_passwords_are_refused_in_one_line() {
 
 #[test]
 fn a_server_that_goes_away_ends_learner_and_samplers_with_one_line() {
-    let Some(mut server) = LocalServer::start(None) else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((mut server, tmp, model)) = setup() else { return };
     let dir = tmp.path();
-    let model = random_model(dir, 1);
     let exp = write_experiment(dir, "run", &model, 1, 40, &transport(&server));
     let cfg = exp.to_str().unwrap();
     let mut learner = start(dir, "learner", 2, &["train", cfg], &[]);
