@@ -203,6 +203,17 @@ impl Adapter {
         Ok(Self::from_flat(config, cfg.num_layers as usize, slots, flat.to_device(device)))
     }
 
+    /// An adapter whose numbers are `values`, in [`Adapter::parameters`]' order (e.g. received
+    /// from a learner on another machine); refused if the length does not fit `config` on `cfg`.
+    pub fn from_values(cfg: &ModelConfig, config: LoraConfig, values: &[f32], device: Device) -> Result<Adapter> {
+        let slots = layout(cfg, &config);
+        let total = slots.last().map(|s| s.b_offset + s.b_shape[0] * s.b_shape[1]).unwrap_or(0);
+        if values.len() as i64 != total {
+            return Err(invalid!("adapter of {} numbers, expected {total} for rank {} on this model", values.len(), config.rank));
+        }
+        Ok(Self::from_flat(config, cfg.num_layers as usize, slots, Tensor::from_slice(values).to_device(device)))
+    }
+
     fn from_flat(config: LoraConfig, num_layers: usize, slots: Vec<Slot>, flat: Tensor) -> Adapter {
         let flat = flat.detach().set_requires_grad(true);
         // Views are made with grad mode on, so gradients reach `flat` through them.

@@ -94,7 +94,7 @@ pub fn engine_run(
     let done = Arc::new(AtomicBool::new(false));
     let publisher = publish.then(|| {
         let (versions, done, adapter) = (versions.clone(), done.clone(), adapter.snapshot());
-        let stats = engine.stats_handle();
+        let stats = engine.stats();
         std::thread::spawn(move || {
             let mut version = 0;
             while !done.load(Ordering::SeqCst) {

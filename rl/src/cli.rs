@@ -32,7 +32,9 @@ pub enum Command {
     /// Write a randomly initialised checkpoint (HF format, character tokenizer).
     InitModel(cmd::init_model::InitModelArgs),
     /// RL on an experiment file (TOML), into a run directory.
-    Train(cmd::train::RunArgs),
+    Train(cmd::train::TrainArgs),
+    /// Sample for a learner on another machine (`train` with a redis:// transport).
+    Sampler(cmd::sampler::SamplerArgs),
     /// Supervised fine-tuning on an experiment file (TOML), into a run directory.
     Sft(cmd::train::RunArgs),
     /// Held-out pass@1 (greedy) and pass@k of a model, with or without an adapter.
@@ -57,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Adapter(args) => cmd::adapter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Train(args) => cmd::train::run(args, cli.threads),
+        Command::Sampler(args) => cmd::sampler::run(args, cli.threads),
         Command::Sft(args) => cmd::sft::run(args, cli.threads),
         Command::Eval(args) => cmd::eval::run(args, cli.threads),
         Command::Sweep(args) => cmd::sweep::sweep(args, cli.threads),

@@ -197,9 +197,68 @@ pub struct RolloutSection {
     /// Threads that run env steps and rewards.
     #[serde(default = "auto")]
     pub reward_workers: Count,
-    /// Finished groups that may wait for the learner (default: two batches).
+    /// Finished groups that may wait for the learner (default: two batches); through Redis,
+    /// also the most groups released to samplers and not finished yet.
     #[serde(default = "auto")]
     pub queue: Count,
+    /// Where samplers run: omitted, threads of this process; `redis://HOST:PORT/DB`, sampler
+    /// processes (`noregret sampler`) on any machine, meeting the learner on that Redis server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// The Redis password. Never written into the run's config.toml: a resumed run reads it
+    /// from the variable named by `redis_password_env`.
+    #[serde(default, skip_serializing)]
+    pub redis_password: Option<String>,
+    /// The environment variable that holds the Redis password when `redis_password` is unset.
+    #[serde(default = "default_password_env", skip_serializing_if = "is_default_password_env")]
+    pub redis_password_env: String,
+    /// Key prefix on the server (runs that share a server and database need their own).
+    #[serde(default = "default_redis_prefix", skip_serializing_if = "is_default_redis_prefix")]
+    pub redis_prefix: String,
+    /// Seconds a sampler may hold work without renewing it before another sampler takes it over
+    /// (a killed sampler's episodes start again elsewhere after this long).
+    #[serde(default = "default_claim_seconds", skip_serializing_if = "is_default_claim_seconds")]
+    pub redis_claim_seconds: f64,
+    /// Most finished groups kept on the server; beyond it the oldest are trimmed and counted
+    /// (`transport_trimmed` in metrics.jsonl).
+    #[serde(default = "default_redis_max_groups", skip_serializing_if = "is_default_redis_max_groups")]
+    pub redis_max_groups: usize,
+    /// Seconds to keep retrying, with backoff, when the server goes away mid-run.
+    #[serde(default = "default_retry_seconds", skip_serializing_if = "is_default_retry_seconds")]
+    pub redis_retry_seconds: f64,
+}
+
+pub const DEFAULT_PASSWORD_ENV: &str = "NOREGRET_REDIS_PASSWORD";
+
+fn default_password_env() -> String {
+    DEFAULT_PASSWORD_ENV.into()
+}
+fn is_default_password_env(v: &str) -> bool {
+    v == DEFAULT_PASSWORD_ENV
+}
+fn default_redis_prefix() -> String {
+    "noregret".into()
+}
+fn is_default_redis_prefix(v: &str) -> bool {
+    v == "noregret"
+}
+fn default_claim_seconds() -> f64 {
+    30.0
+}
+fn is_default_claim_seconds(v: &f64) -> bool {
+    *v == default_claim_seconds()
+}
+fn default_redis_max_groups() -> usize {
+    10_000
+}
+fn is_default_redis_max_groups(v: &usize) -> bool {
+    *v == default_redis_max_groups()
+}
+fn default_retry_seconds() -> f64 {
+    30.0
+}
+fn is_default_retry_seconds(v: &f64) -> bool {
+    *v == default_retry_seconds()
 }
 
 fn auto() -> Count {
@@ -239,6 +298,13 @@ impl Default for RolloutSection {
             kv_on_swap: KvOnSwap::Recompute,
             reward_workers: AUTO,
             queue: AUTO,
+            transport: None,
+            redis_password: None,
+            redis_password_env: default_password_env(),
+            redis_prefix: default_redis_prefix(),
+            redis_claim_seconds: default_claim_seconds(),
+            redis_max_groups: default_redis_max_groups(),
+            redis_retry_seconds: default_retry_seconds(),
         }
     }
 }
@@ -486,6 +552,28 @@ impl Experiment {
             ((0.0..1.0).contains(&rl.beta1) && (0.0..1.0).contains(&rl.beta2), "[rl] beta1 and beta2 must be in [0, 1)"),
         ];
         for (ok, message) in checks {
+            if !ok {
+                bail!("{message}");
+            }
+        }
+        if let Some(t) = &r.transport {
+            crate::remote::check_url(t).map_err(|e| anyhow::anyhow!("[rollout] transport: {e}"))?;
+            if self.adapter.rank.lora().is_none() {
+                bail!("[rollout] transport: remote samplers take adapters only; full fine-tuning runs its samplers in-process");
+            }
+            // Trimming must only ever reach groups the learner has read.
+            let queue = r.queue.or(2 * r.groups_per_step).max(r.groups_per_step);
+            if r.redis_max_groups < 2 * queue {
+                bail!("[rollout] redis_max_groups ({}) must be at least twice the queue ({queue}), or groups not yet read could be trimmed", r.redis_max_groups);
+            }
+        }
+        let redis_checks: [(bool, &str); 4] = [
+            (r.redis_claim_seconds.is_finite() && r.redis_claim_seconds > 0.0, "[rollout] redis_claim_seconds must be positive"),
+            (r.redis_retry_seconds.is_finite() && r.redis_retry_seconds >= 0.0, "[rollout] redis_retry_seconds must be >= 0"),
+            (r.redis_max_groups >= 2, "[rollout] redis_max_groups must be at least 2"),
+            (!r.redis_prefix.is_empty(), "[rollout] redis_prefix must not be empty"),
+        ];
+        for (ok, message) in redis_checks {
             if !ok {
                 bail!("{message}");
             }

@@ -23,8 +23,9 @@ use crate::learner::data::{self, Sequence};
 use crate::learner::{Learner, StepMetrics, Trainable};
 use crate::plan::ThreadPlan;
 use crate::run_dir::{RunDir, ADAPTER, CONFIG, METRICS, SAMPLES, SUMMARY};
+use crate::samplers::{Remote, Samplers};
 use policies::{Adapter, LoraConfig, LoraPacker, Model};
-use rollout::{Control, Dispenser, Engine, EngineConfig, InProcess, SamplerConfig, Shared, Snapshot, StreamPosition, Transport, TrajectoryGroup, VersionSlot, WorkPlan};
+use rollout::{Control, Delivery, DeliveryTag, Dispenser, Engine, EngineConfig, InProcess, SamplerConfig, Shared, Snapshot, StreamPosition, Transport, TrajectoryGroup, VersionSlot, WorkPlan};
 
 /// Set by Ctrl-C: the loop stops at the next group, checkpoints and exits.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -37,6 +38,10 @@ struct Consumed {
 }
 
 impl Consumed {
+    fn contains(&self, id: u64) -> bool {
+        id < self.low || self.above.contains(&id)
+    }
+
     fn add(&mut self, id: u64) {
         if id >= self.low {
             self.above.insert(id);
@@ -54,6 +59,19 @@ struct Counters {
     dropped_uniform: u64,
     refused: u64,
     skipped: u64,
+    /// Groups that arrived again after being consumed (a sampler thought lost that was not,
+    /// or work released again after a resume): dropped by id.
+    duplicates: u64,
+}
+
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.dropped_stale += other.dropped_stale;
+        self.dropped_uniform += other.dropped_uniform;
+        self.refused += other.refused;
+        self.skipped += other.skipped;
+        self.duplicates += other.duplicates;
+    }
 }
 
 pub struct Outcome {
@@ -64,6 +82,12 @@ pub struct Outcome {
 /// Train `exp` into its run directory, or continue the run in `resume`.
 pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<Outcome> {
     let started = Instant::now();
+    let broker = exp.rollout.transport.as_deref().map(|url| crate::remote::broker_config(&exp, url)).transpose()?;
+    if let Some(b) = &broker {
+        // An unreachable server, a refused password or another live learner under the prefix
+        // fails before anything is written.
+        rollout::broker::learner::LearnerLink::check_free(b, &exp.out_dir().display().to_string())?;
+    }
     let run = if resume { RunDir::open(exp.out_dir())? } else { RunDir::create(exp.out_dir())? };
     if !resume {
         run.write(CONFIG, crate::config::to_toml(&exp)?.as_bytes())?;
@@ -71,7 +95,12 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
     let policy = crate::model_args::load_policy(&exp.model.path, exp.model.dtype.as_deref(), &exp.model.device)?;
     let fingerprint = policies::weights::fingerprint(&exp.model.path)?;
     let cuda = policy.model.device() != tch::Device::Cpu;
-    let plan = ThreadPlan::new(&exp.rollout, exp.group_size(), cuda, ThreadPlan::cores(threads_flag));
+    let mut plan = ThreadPlan::new(&exp.rollout, exp.group_size(), cuda, ThreadPlan::cores(threads_flag));
+    if broker.is_some() && !cuda {
+        // The samplers run elsewhere: every core learns (and evaluates).
+        plan.learner_threads = ThreadPlan::cores(threads_flag);
+        plan.sampler_threads = plan.learner_threads;
+    }
     policies::threads::set_thread_budget(plan.learner_threads);
     tracing::info!(?plan, "threads");
     let tokenizer = Arc::new(policy.tokenizer);
@@ -120,6 +149,7 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         dropped_uniform: carry_u64(&carry, "dropped_uniform"),
         refused: carry_u64(&carry, "refused"),
         skipped: carry_u64(&carry, "skipped"),
+        duplicates: carry_u64(&carry, "duplicates"),
     };
     let mut consumed = match &position {
         Some(p) => {
@@ -138,31 +168,49 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
     };
     let source = exp.env.build(reward).map_err(|e| anyhow!("[env]: {e}"))?;
     let eval_source = source.clone();
+    let remote = match (&broker, exp.rollout.transport.as_deref()) {
+        (Some(_), Some(url)) => Some(Remote::connect(&exp, url, &run.path, &fingerprint, resume)?),
+        _ => None,
+    };
     let work_plan = WorkPlan {
         groups_per_batch: exp.rollout.groups_per_step as u64,
         versions_per_batch: exp.rl.updates_per_batch,
         max_staleness: exp.rollout.max_staleness,
-        samplers: plan.samplers,
-        deterministic: exp.rollout.max_staleness == 0,
+        // Remote samplers come and go: work goes out in group order to whoever asks.
+        samplers: if remote.is_some() { 1 } else { plan.samplers },
+        deterministic: remote.is_none() && exp.rollout.max_staleness == 0,
     };
-    let dispenser = Arc::new(Dispenser::new(source, work_plan, position));
+    let mut dispense_from = position.clone();
+    if let (Some(r), Some(p)) = (&remote, dispense_from.as_mut()) {
+        // Groups sampled before a crash and still on the server are not sampled again.
+        p.consumed_after.extend(r.waiting_ids()?.into_iter().filter(|&id| !consumed.contains(id)));
+    }
+    let dispenser = Arc::new(Dispenser::new(source, work_plan, dispense_from));
     let versions = Arc::new(VersionSlot::new(snapshot(&learner, version, &sampler_model)));
-    let transport: Arc<dyn Transport> = Arc::new(InProcess::new(plan.queue));
-    let control = Arc::new(Control::new());
-    let sampler_config = SamplerConfig {
-        slots: plan.slots,
-        micro_turn_tokens: exp.rollout.micro_turn_tokens,
-        sampling: sampling.clone(),
-        max_episode_tokens: exp.rollout.max_episode_tokens,
-        threads: plan.sampler_threads,
-        deterministic: exp.rollout.max_staleness == 0,
-        recompute_on_swap: exp.rollout.kv_on_swap == KvOnSwap::Recompute,
+    let (samplers, transport) = match remote {
+        Some(r) => {
+            let transport = r.transport();
+            (r.start(dispenser.clone(), versions.clone())?, transport)
+        }
+        None => {
+            let transport: Arc<dyn Transport> = Arc::new(InProcess::new(plan.queue));
+            let control = Arc::new(Control::new());
+            let sampler_config = SamplerConfig {
+                slots: plan.slots,
+                micro_turn_tokens: exp.rollout.micro_turn_tokens,
+                sampling: sampling.clone(),
+                max_episode_tokens: exp.rollout.max_episode_tokens,
+                threads: plan.sampler_threads,
+                deterministic: exp.rollout.max_staleness == 0,
+                recompute_on_swap: exp.rollout.kv_on_swap == KvOnSwap::Recompute,
+            };
+            let engine_config = EngineConfig { samplers: plan.samplers, sampler: sampler_config, reward_workers: plan.reward_workers };
+            let shared = Shared { model: sampler_model.clone(), tokenizer: tokenizer.clone(), versions: versions.clone(), work: dispenser.clone(), transport: transport.clone(), control };
+            (Samplers::Local(Engine::start(engine_config, "sampler", shared)), transport)
+        }
     };
-    let engine_config = EngineConfig { samplers: plan.samplers, sampler: sampler_config, reward_workers: plan.reward_workers };
-    let shared = Shared { model: sampler_model.clone(), tokenizer: tokenizer.clone(), versions: versions.clone(), work: dispenser.clone(), transport: transport.clone(), control };
-    let engine = Engine::start(engine_config, "sampler", shared);
     // Rates are per step; time spent evaluating is left out of the next step's interval.
-    let mut last_totals = engine.totals();
+    let mut last_totals = samplers.totals();
     let mut last_time = Instant::now();
     let mut eval_pause = 0.0;
 
@@ -193,49 +241,33 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
     let mut last_checkpoint = step;
     let mut sampler_model = sampler_model;
     let mut outcome_error: Option<anyhow::Error> = None;
+    // Replayed groups sampled ahead of this learner's version, until it gets there.
+    let mut held: Vec<Delivery> = Vec::new();
+    // Delivered groups the next checkpoint covers; acknowledged (forgotten by a broker) after it.
+    let mut unacked: Vec<DeliveryTag> = Vec::new();
     while step < total_steps {
         // One batch: the next groups_per_step groups, each checked.
         let wait_start = Instant::now();
-        let mut batch: Vec<TrajectoryGroup> = Vec::new();
-        let mut received = 0usize;
-        let mut stopped = false;
-        while received < exp.rollout.groups_per_step {
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                stopped = true;
+        let received = match receive_batch(transport.as_ref(), &samplers, &consumed, &mut held, version, &exp) {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                outcome_error = Some(e);
                 break;
             }
-            if let Some(failure) = engine.failure() {
-                outcome_error = Some(anyhow!("{failure}"));
-                stopped = true;
-                break;
-            }
-            let Some(delivery) = transport.recv(Duration::from_millis(100)).map_err(|e| anyhow!("{e}"))? else { continue };
-            received += 1;
-            let g = delivery.group;
-            consumed.add(g.id);
-            match admit(&g, version, exp.rollout.max_staleness) {
-                Admission::Train => batch.push(g),
-                Admission::Skipped => counters.skipped += 1,
-                Admission::Stale => counters.dropped_stale += 1,
-                Admission::Refused => {
-                    tracing::warn!(group = g.id, sampler = %g.sampler, "refusing a group sampled with a version never published");
-                    counters.refused += 1;
-                }
-            }
-        }
-        if stopped {
-            break;
-        }
+        };
+        // Only a whole batch counts as consumed: a batch cut short by a stop is sampled again.
+        received.ids.iter().for_each(|&id| consumed.add(id));
+        counters.add(&received.counts);
+        unacked.extend(received.tags);
+        let mut batch = received.batch;
         let wait_seconds = wait_start.elapsed().as_secs_f64();
         batch.sort_by_key(|g| g.id);
         let normalizer = exp.rl.normalizer.unwrap_or(exp.rollout.max_new_tokens as f64);
         let (seqs, prepared) = data::sequences(&batch, exp.rl.advantage_std, exp.rl.drop_uniform_groups, exp.rl.normalization, normalizer);
         counters.dropped_uniform += prepared.uniform_groups as u64;
         let staleness = staleness(&seqs, version);
-        let m = learner.train_batch(&seqs, version, |learner, v| {
-            versions.publish(snapshot(learner, v, &sampler_model));
-            Ok(())
-        })?;
+        let m = learner.train_batch(&seqs, version, |learner, v| samplers.publish(&versions, snapshot(learner, v, &sampler_model)))?;
         version += exp.rl.updates_per_batch;
         step += 1;
         if let Trainable::Full { .. } = learner.trainable {
@@ -243,7 +275,7 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         }
 
         // Metrics of this step.
-        let totals = engine.totals();
+        let totals = samplers.totals();
         let now = Instant::now();
         let interval = (now.duration_since(last_time).as_secs_f64() - eval_pause).max(1e-9);
         eval_pause = 0.0;
@@ -256,6 +288,9 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         if totals.swaps > last_totals.swaps {
             let latency = (totals.swap_latency_seconds - last_totals.swap_latency_seconds) / (totals.swaps - last_totals.swaps) as f64;
             line.insert("swap_latency_ms".into(), json!(latency * 1e3));
+        }
+        if let Some(trimmed) = samplers.trimmed() {
+            line.insert("transport_trimmed".into(), json!(trimmed));
         }
         line.insert("wall_seconds".into(), json!(carry_f64(&carry, "wall_seconds") + started.elapsed().as_secs_f64()));
         last_totals = totals;
@@ -283,15 +318,28 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
         if due(exp.run.checkpoint_every) {
             save_checkpoint(&run, &learner, &exp, step, version, &dispenser, &consumed, &counters, &carry, started, &fingerprint, &describe, &model_dir)?;
             last_checkpoint = step;
+            if let Err(e) = transport.ack(&std::mem::take(&mut unacked)) {
+                outcome_error = Some(anyhow!("{e}"));
+                break;
+            }
         }
         crate::faults::crash_if("after_step", step);
     }
     progress.finish();
     let interrupted = step < total_steps;
-    engine.stop();
     if step > last_checkpoint || (step == 0 && !resume) {
         save_checkpoint(&run, &learner, &exp, step, version, &dispenser, &consumed, &counters, &carry, started, &fingerprint, &describe, &model_dir)?;
+        if let Err(e) = transport.ack(&unacked) {
+            // Unacknowledged groups are delivered again on resume and dropped there by id.
+            tracing::warn!("cannot acknowledge the last groups: {e}");
+        }
     }
+    if !interrupted && outcome_error.is_none() {
+        if let Err(e) = samplers.finish() {
+            tracing::warn!("cannot tell the samplers that the run is over: {e}");
+        }
+    }
+    samplers.stop();
     if let Some(e) = outcome_error {
         return Err(e.context(format!("training stopped at step {step} (checkpointed; resume with --resume {})", run.path.display())));
     }
@@ -308,6 +356,73 @@ pub fn run(exp: Experiment, resume: bool, threads_flag: Option<i32>) -> Result<O
     let summary = summary(&run, &exp, &carry, started, step, trainable_parameters, &counters, &describe);
     run.write_json(SUMMARY, &summary)?;
     Ok(Outcome { run_dir: run.path.clone(), summary })
+}
+
+/// How long the learner waits for a group before it says so.
+const QUIET_WARNING: Duration = Duration::from_secs(60);
+
+/// One batch's worth of deliveries, checked.
+struct Received {
+    /// The groups to train on.
+    batch: Vec<TrajectoryGroup>,
+    /// Every group consumed by this batch (trained, or counted as dropped).
+    ids: Vec<u64>,
+    tags: Vec<DeliveryTag>,
+    counts: Counters,
+}
+
+/// The next `groups_per_step` groups from the transport, each checked (see [`admit`]). None when
+/// interrupted; an error when the samplers or the transport failed. Duplicates of consumed
+/// groups are dropped (and acknowledged with the batch); replayed groups sampled at a version
+/// this learner has not reached again wait in `held` until it has.
+fn receive_batch(transport: &dyn Transport, samplers: &Samplers, consumed: &Consumed, held: &mut Vec<Delivery>, version: u64, exp: &Experiment) -> Result<Option<Received>> {
+    let mut r = Received { batch: Vec::new(), ids: Vec::new(), tags: Vec::new(), counts: Counters::default() };
+    let mut quiet_since = Instant::now();
+    while r.ids.len() < exp.rollout.groups_per_step {
+        if quiet_since.elapsed() >= QUIET_WARNING {
+            let hint = if exp.rollout.transport.is_some() { " (is a `noregret sampler` running?)" } else { "" };
+            tracing::warn!("no group for {} s; waiting for samplers{hint}", QUIET_WARNING.as_secs());
+            quiet_since = Instant::now();
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if let Some(failure) = samplers.failure() {
+            bail!("{failure}");
+        }
+        let ready = held.iter().position(|d| d.group.newest_version().is_none_or(|v| v <= version));
+        let delivery = match ready {
+            Some(i) => held.remove(i),
+            None => match transport.recv(Duration::from_millis(100)).map_err(|e| anyhow!("{e}"))? {
+                Some(d) => d,
+                None => continue,
+            },
+        };
+        quiet_since = Instant::now();
+        let g = &delivery.group;
+        if consumed.contains(g.id) || r.ids.contains(&g.id) {
+            r.counts.duplicates += 1;
+            r.tags.push(delivery.tag);
+            continue;
+        }
+        if delivery.replay && g.newest_version().is_some_and(|v| v > version) {
+            held.push(delivery);
+            continue;
+        }
+        r.ids.push(g.id);
+        r.tags.push(delivery.tag);
+        let g = delivery.group;
+        match admit(&g, version, exp.rollout.max_staleness) {
+            Admission::Train => r.batch.push(g),
+            Admission::Skipped => r.counts.skipped += 1,
+            Admission::Stale => r.counts.dropped_stale += 1,
+            Admission::Refused => {
+                tracing::warn!(group = g.id, sampler = %g.sampler, "refusing a group sampled with a version never published");
+                r.counts.refused += 1;
+            }
+        }
+    }
+    Ok(Some(r))
 }
 
 /// What the learner at `version` does with a group that arrived.
@@ -398,6 +513,7 @@ fn save_checkpoint(
     carry.insert("dropped_uniform".into(), json!(counters.dropped_uniform));
     carry.insert("refused".into(), json!(counters.refused));
     carry.insert("skipped".into(), json!(counters.skipped));
+    carry.insert("duplicates".into(), json!(counters.duplicates));
     let (exp_avg, exp_avg_sq, steps) = learner.optimizer.state();
     let state = TrainState {
         format: checkpoint::FORMAT,
@@ -491,6 +607,9 @@ fn step_line(step: u64, version: u64, batch: &[TrajectoryGroup], m: &StepMetrics
     line.insert("dropped_uniform".into(), json!(c.dropped_uniform));
     line.insert("refused".into(), json!(c.refused));
     line.insert("skipped".into(), json!(c.skipped));
+    line.insert("duplicates".into(), json!(c.duplicates));
+    // Which groups this step trained on (uniform ones included): a run's history by id.
+    line.insert("groups".into(), json!(batch.iter().map(|g| g.id).collect::<Vec<_>>()));
     line
 }
 

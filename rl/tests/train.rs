@@ -246,7 +246,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     let model = tiny_model(tmp.path());
     let exp = experiment(tmp.path(), &model, "");
     let run = tmp.path().join("run");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_noregret"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_noregret"))
         .args(["--threads", "2", "train", exp.to_str().unwrap(), "--set", "rl.steps=100000", "--set", "run.checkpoint_every=1000"])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -80,13 +80,14 @@ impl Engine {
         self.control.failure()
     }
 
-    /// A handle that reads the samplers' counters from another thread.
-    pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle(self.stats.clone())
+    pub fn totals(&self) -> Totals {
+        self.stats().totals()
     }
 
-    pub fn totals(&self) -> Totals {
-        self.stats_handle().totals()
+    /// A handle on the samplers' counters that outlives borrows of the engine (readable from
+    /// any thread).
+    pub fn stats(&self) -> StatsReader {
+        StatsReader(self.stats.clone())
     }
 
     /// Stop every worker and wait for them. Groups already in the transport stay there.
@@ -107,11 +108,17 @@ impl Engine {
     }
 }
 
-/// The samplers' counters, readable from any thread.
-#[derive(Clone)]
-pub struct StatsHandle(Vec<Arc<SamplerStats>>);
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
 
-impl StatsHandle {
+/// Reads the samplers' counters from any thread.
+#[derive(Clone)]
+pub struct StatsReader(Vec<Arc<SamplerStats>>);
+
+impl StatsReader {
     /// Version swaps so far, over all samplers.
     pub fn swaps(&self) -> u64 {
         self.0.iter().map(|s| s.swaps.load(Ordering::Relaxed)).sum()
@@ -133,11 +140,5 @@ impl StatsHandle {
             t.scoring_seconds += get(&s.scoring_ns) as f64 * 1e-9;
         }
         t
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }

@@ -8,8 +8,10 @@
 //! - [`sampler`]: one worker's micro-turn loop.
 //! - [`scorer`]: the pool that runs env steps and rewards.
 //! - [`transport`]: the queue between samplers and learner (in-process here).
+//! - [`broker`]: the same through a Redis server, for samplers on other machines.
 //! - [`engine`]: start and stop it all; [`control`]: the stop flag and first failure.
 
+pub mod broker;
 pub mod control;
 pub mod engine;
 pub mod error;
@@ -21,7 +23,7 @@ pub mod versions;
 pub mod work;
 
 pub use control::Control;
-pub use engine::{Engine, EngineConfig, Totals};
+pub use engine::{Engine, EngineConfig, StatsReader, Totals};
 pub use error::{Error, Result};
 pub use sampler::{stream_of, SamplerConfig, Shared, WorkSource};
 pub use trajectory::{Episode, TrajectoryGroup};

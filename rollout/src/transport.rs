@@ -23,6 +23,10 @@ pub struct DeliveryTag(pub String);
 pub struct Delivery {
     pub group: TrajectoryGroup,
     pub tag: DeliveryTag,
+    /// Sampled for an earlier run of this learner (before a crash and resume) and delivered
+    /// again: its versions may be ahead of the resumed learner's, which then holds it until it
+    /// gets there instead of refusing it.
+    pub replay: bool,
 }
 
 pub trait Transport: Send + Sync {
@@ -83,7 +87,7 @@ impl Transport for InProcess {
             // Groups already queued are still handed over after close.
             let wait = deadline.saturating_duration_since(std::time::Instant::now()).min(POLL);
             match self.rx.recv_timeout(wait) {
-                Ok(group) => return Ok(Some(Delivery { group, tag: DeliveryTag(String::new()) })),
+                Ok(group) => return Ok(Some(Delivery { group, tag: DeliveryTag(String::new()), replay: false })),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.is_closed() {
                         return Err(TransportError::Closed);

@@ -58,6 +58,15 @@ impl VersionSlot {
         self.changed.notify_all();
     }
 
+    /// Make `snapshot` the newest version even if its number is lower: a resumed learner's
+    /// versions start again from its checkpoint.
+    pub fn replace(&self, snapshot: Snapshot) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        self.version.store(snapshot.version, Ordering::SeqCst);
+        *latest = Arc::new(snapshot);
+        self.changed.notify_all();
+    }
+
     /// The newest version number (cheap: samplers check it every micro-turn).
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::SeqCst)

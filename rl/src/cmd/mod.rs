@@ -7,6 +7,7 @@ pub mod export;
 pub mod init_model;
 pub mod logprobs;
 pub mod sample;
+pub mod sampler;
 pub mod sft;
 pub mod sweep;
 pub mod train;

@@ -15,7 +15,7 @@ pub fn run(args: RunArgs, threads: Option<i32>) -> Result<()> {
         print!("{}", crate::config::to_toml(&exp)?);
         return Ok(());
     }
-    crate::cmd::train::install_interrupt_handler();
+    crate::cmd::train::install_interrupt_handler("finishing the current step, then checkpointing");
     let outcome = crate::sft::run(exp, args.resume.is_some(), threads)?;
     println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
     eprintln!("run: {}", outcome.run_dir.display());

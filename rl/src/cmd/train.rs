@@ -26,6 +26,16 @@ pub struct RunArgs {
     pub resume: Option<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Samplers in other processes, through this Redis server (`redis://HOST:PORT/DB`; the
+    /// password comes from the config or NOREGRET_REDIS_PASSWORD, never from here).
+    #[arg(long, value_name = "URL")]
+    pub transport: Option<String>,
+}
+
 impl RunArgs {
     /// The experiment file to read (the run's own config.toml when resuming) and, when
     /// resuming, the run directory to keep.
@@ -38,9 +48,15 @@ impl RunArgs {
     }
 }
 
-pub fn run(args: RunArgs, threads: Option<i32>) -> Result<()> {
+pub fn run(args: TrainArgs, threads: Option<i32>) -> Result<()> {
+    let TrainArgs { run: args, transport } = args;
+    crate::remote::refuse_password_overrides(&args.set)?;
+    let mut set = args.set.clone();
+    if let Some(url) = &transport {
+        set.push(format!("rollout.transport={url}"));
+    }
     let (path, resume) = args.source("train")?;
-    let mut exp = Experiment::load(&path, &args.set)?;
+    let mut exp = Experiment::load(&path, &set)?;
     if resume.is_some() {
         exp.run.out = resume;
     }
@@ -48,19 +64,19 @@ pub fn run(args: RunArgs, threads: Option<i32>) -> Result<()> {
         print!("{}", crate::config::to_toml(&exp)?);
         return Ok(());
     }
-    install_interrupt_handler();
+    install_interrupt_handler("finishing the current step, then checkpointing");
     let outcome = crate::train::run(exp, args.resume.is_some(), threads)?;
     println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
     eprintln!("run: {}", outcome.run_dir.display());
     Ok(())
 }
 
-/// First Ctrl-C: stop at the next group, checkpoint, exit. Second: exit at once.
-pub fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
+/// First Ctrl-C: stop cleanly (`what` says how). Second: exit at once.
+pub fn install_interrupt_handler(what: &'static str) {
+    let _ = ctrlc::set_handler(move || {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: finishing the current step, then checkpointing (Ctrl-C again to quit now)");
+        eprintln!("\ninterrupted: {what} (Ctrl-C again to quit now)");
     });
 }
