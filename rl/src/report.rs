@@ -105,11 +105,13 @@ pub fn write(sweep_dir: &Path, out: Option<&Path>) -> Result<Report> {
         s.max = s.max.max(f);
         s.seeds += 1;
     }
-    let best: BTreeMap<String, (f64, Score)> = scores
+    let trainable: BTreeMap<String, f64> = runs.iter().filter_map(|r| Some((r.config.clone(), r.trainable?))).collect();
+    // Configurations from the fewest trainable parameters to the most (rank 1, 4, 16, ..., full).
+    let mut best: Vec<(String, (f64, Score))> = scores
         .iter()
         .filter_map(|(c, by_lr)| by_lr.values().copied().reduce(|a, b| if better(b.1.mean, a.1.mean) { b } else { a }).map(|b| (c.clone(), b)))
         .collect();
-    let trainable: BTreeMap<String, f64> = runs.iter().filter_map(|r| Some((r.config.clone(), r.trainable?))).collect();
+    best.sort_by(|a, b| trainable.get(&a.0).unwrap_or(&f64::MAX).total_cmp(trainable.get(&b.0).unwrap_or(&f64::MAX)).then(a.0.cmp(&b.0)));
 
     // Plots.
     let metric_name = if rl { "held-out greedy accuracy" } else { "held-out log loss" };
@@ -130,7 +132,8 @@ pub fn write(sweep_dir: &Path, out: Option<&Path>) -> Result<Report> {
     }
     let mut vs_lr = plot::Chart::new(format!("final {metric_name} against learning rate"), "learning rate", metric_name);
     vs_lr.x_scale = plot::Scale::Log10;
-    for (config, by_lr) in &scores {
+    for (config, _) in &best {
+        let by_lr = &scores[config];
         let mut s = plot::Series::new(config.clone(), by_lr.values().map(|(lr, sc)| (*lr, sc.mean)).collect());
         s.band = Some(by_lr.values().map(|(lr, sc)| (*lr, sc.min, sc.max)).collect());
         vs_lr.series.push(s);
@@ -176,8 +179,8 @@ pub fn write(sweep_dir: &Path, out: Option<&Path>) -> Result<Report> {
     let _ = writeln!(md, "\n## Every configuration and LR\n");
     let _ = writeln!(md, "| configuration | LR | final (mean) | min | max | seeds |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    for (config, by_lr) in &scores {
-        for (lr, s) in by_lr.values() {
+    for (config, _) in &best {
+        for (lr, s) in scores[config].values() {
             let _ = writeln!(md, "| {config} | {} | {:.4} | {:.4} | {:.4} | {} |", short(*lr), s.mean, s.min, s.max, s.seeds);
         }
     }
