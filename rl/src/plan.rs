@@ -1,12 +1,15 @@
 //! How an experiment's work maps onto the machine's threads, so that samplers, the learner and
 //! the reward pool together never ask for more cores than there are.
 //!
-//! On the CPU with `max_staleness = 0`, sampling and learning take turns (the samplers wait for
-//! the next version, the learner for the batch), so each may use every core. With a lag budget
-//! they run at the same time: the samplers share half the cores, the learner has the rest. On
-//! CUDA the device does the work; each thread needs one core to feed it. The reward pool runs
-//! env steps and rewards, which take microseconds for the verifier, so two threads suffice
-//! unless configured otherwise.
+//! On the CPU each sampler thread gets one core: libtorch's OpenMP pools spin only briefly once
+//! a process has more pool threads than cores, so a second thread inside a sampler mostly waits
+//! on wake-ups (measured: a tiny model sampled 5× slower with two threads than with one, the
+//! small preset no faster; docs/performance.md). With `max_staleness = 0` sampling and learning
+//! take turns, so there is one sampler per core and the learner has every core too; with a lag
+//! budget they overlap, so the samplers take half the cores and the learner the rest. On CUDA
+//! the device does the work; each thread needs one core to feed it. The reward pool runs env
+//! steps and rewards, which take microseconds for the verifier, so two threads suffice unless
+//! configured otherwise.
 
 use policies::threads::available_cores;
 
@@ -27,15 +30,16 @@ impl ThreadPlan {
     /// `cores`: the budget (`--threads`, else the cores this process may use).
     pub fn new(r: &RolloutSection, group_size: usize, cuda: bool, cores: usize) -> ThreadPlan {
         let cores = cores.max(1);
-        let samplers = r.samplers.or(1).max(1);
-        let (sampler_threads, learner_threads) = if cuda {
-            (r.sampler_threads.or(1), 1)
+        let (samplers, sampler_threads, learner_threads) = if cuda {
+            (r.samplers.or(1), r.sampler_threads.or(1), 1)
         } else if r.max_staleness == 0 {
-            (r.sampler_threads.or((cores / samplers).max(1)), cores)
+            (r.samplers.or(cores), r.sampler_threads.or(1), cores)
         } else {
-            let each = r.sampler_threads.or((cores / 2 / samplers).max(1));
-            (each, cores.saturating_sub(each * samplers).max(1))
+            let samplers = r.samplers.or((cores / 2).max(1)).max(1);
+            let each = r.sampler_threads.or(1);
+            (samplers, each, cores.saturating_sub(each * samplers).max(1))
         };
+        let samplers = samplers.max(1);
         let batch = group_size * r.groups_per_step;
         let share = batch.div_ceil(samplers);
         // Whole groups per sampler.
@@ -65,16 +69,26 @@ mod tests {
     fn synchronous_runs_give_every_core_to_each_side() {
         let r = RolloutSection::default();
         let p = ThreadPlan::new(&r, 8, false, 2);
-        assert_eq!((p.samplers, p.sampler_threads, p.learner_threads), (1, 2, 2));
-        assert_eq!(p.slots, 128);
+        assert_eq!((p.samplers, p.sampler_threads, p.learner_threads), (2, 1, 2));
+        // 16 groups of 8 over two samplers.
+        assert_eq!(p.slots, 64);
     }
 
     #[test]
     fn overlapping_runs_split_the_cores() {
         let r = RolloutSection { max_staleness: 1, ..Default::default() };
-        assert_eq!(ThreadPlan::new(&r, 8, false, 2).sampler_threads + ThreadPlan::new(&r, 8, false, 2).learner_threads, 2);
+        let p = ThreadPlan::new(&r, 8, false, 2);
+        assert_eq!((p.samplers * p.sampler_threads, p.learner_threads), (1, 1));
+        let p = ThreadPlan::new(&r, 8, false, 16);
+        assert_eq!((p.samplers, p.sampler_threads, p.learner_threads), (8, 1, 8));
         let p = ThreadPlan::new(&RolloutSection { max_staleness: 2, samplers: Count::Fixed(4), ..Default::default() }, 8, false, 16);
-        assert_eq!((p.sampler_threads, p.learner_threads), (2, 8));
+        assert_eq!((p.samplers, p.learner_threads), (4, 12));
         assert_eq!(p.slots, 32);
+    }
+
+    #[test]
+    fn a_gpu_gets_one_sampler() {
+        let p = ThreadPlan::new(&RolloutSection::default(), 8, true, 16);
+        assert_eq!((p.samplers, p.sampler_threads, p.learner_threads), (1, 1, 1));
     }
 }

@@ -643,7 +643,17 @@ pub fn plot_run(run: &RunDir) -> Result<()> {
         lines.iter().filter_map(|l| Some((l.get("step")?.as_f64()?, l.get(key)?.as_f64()?))).collect()
     };
     let mut reward = plot::Chart::new("training reward", "step", "mean reward");
-    reward.series.push(plot::Series::new("reward", series("reward_mean")));
+    let raw = series("reward_mean");
+    // Per-step rewards are noisy (a batch is a few problems): a moving mean shows the trend.
+    let window = (raw.len() / 30).clamp(1, 50);
+    let smooth: Vec<(f64, f64)> = (0..raw.len())
+        .map(|i| {
+            let w = &raw[i.saturating_sub(window - 1)..=i];
+            (raw[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    reward.series.push(plot::Series::new("per step", raw));
+    reward.series.push(plot::Series::new(format!("mean of {window} steps"), smooth));
     let mut acc = plot::Chart::new("held-out accuracy", "step", "accuracy");
     acc.series.push(plot::Series::new("greedy", series("heldout_accuracy")));
     let sampled = series("heldout_sampled_accuracy");

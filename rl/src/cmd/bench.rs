@@ -49,6 +49,9 @@ pub struct RlStepBench {
     /// The lag budget: 0 alternates sampling and learning; 1 lets them overlap.
     #[arg(long, default_value_t = 0)]
     pub max_staleness: u64,
+    /// Override a key of the run's config, e.g. --set rollout.samplers=2 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Args)]
@@ -236,7 +239,7 @@ fn rl_step(args: RlStepBench, threads: Option<i32>) -> Result<()> {
     );
     let path = dir.join("rl-step.toml");
     std::fs::write(&path, text)?;
-    let exp = crate::experiment::Experiment::load(&path, &[])?;
+    let exp = crate::experiment::Experiment::load(&path, &args.set)?;
     let outcome = crate::train::run(exp, false, threads);
     let metrics = crate::run_dir::read_json_lines(&dir.join("run").join(crate::run_dir::METRICS));
     let _ = std::fs::remove_dir_all(&dir);
@@ -295,13 +298,33 @@ fn rollout(args: RolloutBench) -> Result<()> {
         let out = generation.run(&encoded, &streams, &params)?;
         Ok((start.elapsed().as_secs_f64(), out.iter().map(|c| c.tokens.len() as u64).sum()))
     };
+    // The same generate on a thread of its own, as samplers run: a second OpenMP thread pool in
+    // the process costs libgomp's spin-waiting (see docs/performance.md), so this is the
+    // like-for-like baseline for the engine.
+    let generate_on_thread = || -> Result<(f64, u64)> {
+        let (model, tokenizer, encoded, streams, params, rank) = (model.clone(), tokenizer.clone(), encoded.clone(), streams.clone(), params.clone(), args.lora_rank);
+        std::thread::spawn(move || -> Result<(f64, u64)> {
+            let _no_grad = tch::no_grad_guard();
+            policies::threads::set_thread_budget(threads);
+            // The same adapter, made again here (adapters are not shared across threads).
+            let adapter = busy_adapter(&model.config, rank, model.device())?;
+            let lora = policies::LoraRuntime::single(&model.config, &adapter, model.kind())?;
+            let start = Instant::now();
+            let decode = |ids: &[i64]| tokenizer.decode(ids);
+            let generation = policies::Generation { model: &model, lora: Some(&lora), eos_ids: &tokenizer.eos_ids, decode: &decode };
+            let out = generation.run(&encoded, &streams, &params)?;
+            Ok((start.elapsed().as_secs_f64(), out.iter().map(|c| c.tokens.len() as u64).sum()))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generate thread panicked"))?
+    };
     // Warm-up, then interleaved rounds: publish-every-micro-turn (cache kept / recomputed),
     // a fixed version, and generate.
     engine(true, false)?;
     // Memory of the samplers alone (before generate's own cache exists).
     let rss_engine = peak_rss_mib();
     generate()?;
-    let (mut keep, mut recompute, mut fixed, mut whole) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut keep, mut recompute, mut fixed, mut whole, mut whole_thread) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut latency, mut latency_max, mut swaps) = (Vec::new(), 0f64, 0u64);
     for _ in 0..args.runs.max(1) {
         let r = engine(true, false)?;
@@ -315,12 +338,15 @@ fn rollout(args: RolloutBench) -> Result<()> {
         fixed.push(r.tokens as f64 / r.seconds);
         let (s, t) = generate()?;
         whole.push(t as f64 / s);
+        let (s, t) = generate_on_thread()?;
+        whole_thread.push(t as f64 / s);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (keep, recompute, fixed, whole) = (median(&mut keep), median(&mut recompute), median(&mut fixed), median(&mut whole));
+    let (keep, recompute, fixed, whole, whole_thread) =
+        (median(&mut keep), median(&mut recompute), median(&mut fixed), median(&mut whole), median(&mut whole_thread));
     println!("{}", json!({
         "bench": "rollout", "impl": "noregret", "model": args.model.model, "batch": args.batch, "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens, "micro_turn_tokens": args.micro_turn_tokens, "lora_rank": args.lora_rank,
@@ -329,8 +355,10 @@ fn rollout(args: RolloutBench) -> Result<()> {
         "tok_per_s_new_version_every_micro_turn_recompute": recompute,
         "tok_per_s_fixed_version": fixed,
         "tok_per_s_generate": whole,
+        "tok_per_s_generate_on_thread": whole_thread,
         "overhead_vs_generate": 1.0 - keep / whole,
-        "overhead_vs_generate_recompute": 1.0 - recompute / whole,
+        "overhead_vs_generate_on_thread": 1.0 - keep / whole_thread,
+        "overhead_vs_generate_on_thread_recompute": 1.0 - recompute / whole_thread,
         "swaps_per_run": swaps as f64 / args.runs.max(1) as f64,
         "swap_latency_ms": median(&mut latency) * 1e3, "swap_latency_max_ms": latency_max * 1e3,
         "peak_rss_mib_samplers": rss_engine,
