@@ -162,11 +162,11 @@ pub struct RolloutSection {
     /// Groups per optimiser batch.
     #[serde(default = "default_groups_per_step")]
     pub groups_per_step: usize,
-    /// Sampler threads (default 1).
+    /// Sampler threads (default: one per core at max_staleness 0, when sampling and learning
+    /// take turns; half the cores otherwise; 1 on CUDA).
     #[serde(default = "auto")]
     pub samplers: Count,
-    /// CPU threads per sampler (default: all cores when learning and sampling alternate, at
-    /// max_staleness 0; half of them otherwise).
+    /// CPU threads inside each sampler (default 1; see rl/src/plan.rs for why).
     #[serde(default = "auto")]
     pub sampler_threads: Count,
     /// Sequences each sampler generates side by side (default: its share of a batch).
