@@ -1,6 +1,8 @@
 //! Bad input: a one-line error naming the file (or input line) and what is wrong, a non-zero
 //! exit, and never a panic.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -21,12 +23,7 @@ fn noregret(args: &[&str], stdin: &str) -> Output {
 
 /// Assert a clean failure and return the error line.
 fn fails(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "want one error line, got: {stderr}");
-    lines[0].to_string()
+    common::error_line(out)
 }
 
 fn checkpoint(dir: &Path) -> PathBuf {
