@@ -202,15 +202,17 @@ fn a_sampler_killed_mid_episode_costs_only_its_work_in_flight() {
     let exp = write_experiment(dir, "run", &model, 2, 6, &transport(&server));
     let cfg = exp.to_str().unwrap();
     let mut learner = start(dir, "learner", 2, &["train", cfg], &[]);
-    let mut doomed = start(dir, "a", 1, &["sampler", cfg, "--name", "a"], &[]);
+    let mut doomed = start(dir, "a", 1, &["sampler", cfg, "--name", "a"], &[("NOREGRET_FAULT", "hang_group:3")]);
     let mut survivor = start(dir, "b", 1, &["sampler", cfg, "--name", "b"], &[("NOREGRET_LOG", "rollout=info")]);
-    // Kill `a` while it holds work (a group taken and not appended), once a step has passed.
+    // `a` stops as it starts its third group (a step has passed by then), holding that work; it
+    // is killed there, and `b` must claim the group once `a` stops renewing it.
     let mut con = redis(&server);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while step_lines(&dir.join("run")).is_empty() || held_by(&mut con, "a") == 0 {
-        assert!(Instant::now() < deadline, "sampler a never held work: {}", log(dir, "learner"));
+    while !log(dir, "a").contains("hanging at") {
+        assert!(Instant::now() < deadline && doomed.try_wait().unwrap().is_none(), "sampler a never reached its third group: {}", log(dir, "a"));
         std::thread::sleep(Duration::from_millis(5));
     }
+    assert_eq!(held_by(&mut con, "a"), 1, "sampler a holds no work");
     doomed.kill().unwrap();
     doomed.wait().unwrap();
     succeeds(&mut learner, dir, "learner");

@@ -75,6 +75,7 @@ pub fn run(args: SamplerArgs, threads: Option<i32>) -> Result<()> {
     let reward: Option<Arc<dyn rewards::Reward>> =
         if exp.reward.is_empty() { None } else { Some(Arc::from(rewards::build(&exp.reward).map_err(|e| anyhow!("[[reward]]: {e}"))?)) };
     let factory = exp.env.build_factory(reward).map_err(|e| anyhow!("[env]: {e}"))?;
+    let factory = crate::faults::hang_on_group(factory, exp.group_size());
 
     let name = args.name.clone().unwrap_or_else(default_name);
     let control = Arc::new(Control::new());
